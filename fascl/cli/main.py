@@ -1,0 +1,18 @@
+"""`fascl`: the one command line in front of every job (data, train, evaluate, index, serve, db)."""
+
+from __future__ import annotations
+
+import typer
+
+from fascl.cli import data
+
+app = typer.Typer(
+    help="FASCL asset retrieval: bring in daily bars, train embeddings, index them, serve similar-asset queries.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data")
+
+
+if __name__ == "__main__":
+    app()

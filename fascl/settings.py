@@ -1,0 +1,44 @@
+"""One typed settings object for every job and the service (environment prefix FASCL_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FASCL_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path("var"), description="Root of the price store, models, indexes and the SQLite file")
+    shared_data: Path = Field(Path("../shared/data"), description="Folder holding the stocknet and us_nasdaq sets")
+    dataset: str = Field("synthetic", description="Name of the panel under HOME/market used by default")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file under HOME")
+    omp_threads: int = Field(1, ge=1, description="OpenMP/torch threads per process")
+    seed: int = 0
+
+    @property
+    def market_dir(self) -> Path:
+        return self.home / "market"
+
+    def panel_path(self, name: str | None = None) -> Path:
+        return self.market_dir / (name or self.dataset)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.home / "indexes"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'fascl.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

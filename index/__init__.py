@@ -1,0 +1,1 @@
+"""Embedding export, FAISS index build and the versioned artifact store."""

@@ -1,0 +1,1 @@
+"""Daily bars: the price panel, importers, cleaning and the synthetic market."""

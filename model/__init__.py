@@ -1,0 +1,1 @@
+"""FASCL model: window features, encoder, soft contrastive loss, trainer, evaluation."""
