@@ -12,8 +12,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FASCL_", env_file=".env", extra="ignore")
 
-    home: Path = Field(Path("var"), description="Root of the price store, models, indexes and the SQLite file")
-    shared_data: Path = Field(Path("../shared/data"), description="Folder holding the stocknet and us_nasdaq sets")
+    home: Path = Field(
+        Path("var"), description="Root of the price store, models, indexes and the SQLite file"
+    )
+    shared_data: Path = Field(
+        Path("../shared/data"), description="Folder holding the stocknet and us_nasdaq sets"
+    )
     dataset: str = Field("synthetic", description="Name of the panel under HOME/market used by default")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file under HOME")
     omp_threads: int = Field(1, ge=1, description="OpenMP/torch threads per process")

@@ -116,7 +116,11 @@ class Panel:
     # ---------------------------------------------------------------- slicing
     def slice_dates(self, start=None, end=None) -> Panel:
         """Dates in [start, end] (both inclusive, either may be None); values are a view."""
-        lo = 0 if start is None else int(np.searchsorted(self.dates, np.datetime64(pd.Timestamp(start).date(), "D")))
+        lo = (
+            0
+            if start is None
+            else int(np.searchsorted(self.dates, np.datetime64(pd.Timestamp(start).date(), "D")))
+        )
         hi = (
             self.n_dates
             if end is None
@@ -126,7 +130,8 @@ class Panel:
 
     def select_assets(self, tickers) -> Panel:
         idx = np.array([self.asset_index(t) for t in tickers], dtype=np.int64)
-        return Panel(self.dates, self.tickers[idx], self.values[:, :, idx], self.assets.iloc[idx].reset_index(drop=True))
+        assets = self.assets.iloc[idx].reset_index(drop=True)
+        return Panel(self.dates, self.tickers[idx], self.values[:, :, idx], assets)
 
     def window(self, date, length: int) -> np.ndarray:
         """The `length` trading days ending at `date` (inclusive): (fields, length, assets).
@@ -135,7 +140,9 @@ class Panel:
         it raises when there are fewer than `length` days of history."""
         end = self.date_position(date) + 1
         if end < length:
-            raise PanelError(f"{length}-day window ending {self.dates[end - 1]} needs {length - end} more days of history")
+            raise PanelError(
+                f"{length}-day window ending {self.dates[end - 1]} needs {length - end} more days of history"
+            )
         return self.values[:, end - length : end]
 
     # ------------------------------------------------------------ conversions
@@ -153,13 +160,19 @@ class Panel:
     @classmethod
     def from_long(cls, bars: pd.DataFrame, assets: pd.DataFrame | None = None) -> Panel:
         """Build from a validated long table (date, ticker, FIELDS); duplicates must be gone."""
-        dates_all = pd.to_datetime(bars["date"]).to_numpy().astype("datetime64[D]")
-        dates, d_idx = np.unique(dates_all, return_inverse=True)
-        tickers, a_idx = np.unique(bars["ticker"].astype(str).to_numpy(), return_inverse=True)
+        # Factorise first, then sort the few distinct values: np.unique over millions of
+        # ticker strings took ~30 s on us_nasdaq, this takes well under a second.
+        d_codes, d_uniques = pd.factorize(bars["date"])
+        day_of_code = pd.to_datetime(pd.Index(d_uniques)).to_numpy().astype("datetime64[D]")
+        dates, d_remap = np.unique(day_of_code, return_inverse=True)
+        a_codes, a_uniques = pd.factorize(bars["ticker"])
+        names = np.asarray(pd.Index(a_uniques).astype(str), dtype=object)
+        tickers, a_remap = np.unique(names, return_inverse=True)
+        flat = d_remap[d_codes].astype(np.int64) * len(tickers) + a_remap[a_codes]
         values = np.full((len(FIELDS), len(dates), len(tickers)), np.nan, dtype=np.float32)
         for k, name in enumerate(FIELDS):
             if name in bars.columns:
-                values[k, d_idx, a_idx] = bars[name].to_numpy(dtype=np.float32, na_value=np.nan)
+                values[k].reshape(-1)[flat] = bars[name].to_numpy(dtype=np.float32, na_value=np.nan)
         return cls(dates, tickers.astype(object), values, assets)
 
     def fingerprint(self) -> str:
@@ -171,8 +184,17 @@ class Panel:
         return digest.hexdigest()[:16]
 
     # ----------------------------------------------------------- persistence
-    def save(self, path: str | Path, corrections: pd.DataFrame | None = None, extra: dict | None = None) -> Path:
-        """Write atomically: a temp directory beside `path` is renamed into place."""
+    def save(
+        self,
+        path: str | Path,
+        corrections: pd.DataFrame | None = None,
+        extra: dict | None = None,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> Path:
+        """Write atomically: a temp directory beside `path` is renamed into place.
+
+        `extra` goes into the manifest; `extra_files` (name -> bytes) are written into
+        the panel directory inside the same atomic step (e.g. an import report)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -190,6 +212,11 @@ class Panel:
                 **(extra or {}),
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            reserved = {"bars.parquet", "assets.parquet", "corrections.parquet", "manifest.json"}
+            for name, data in (extra_files or {}).items():
+                if Path(name).name != name or name in reserved:
+                    raise PanelError(f"extra file name {name!r} must be a plain name not used by the panel")
+                (tmp / name).write_bytes(data)
             for child in tmp.iterdir():
                 with open(child, "rb") as fh:
                     os.fsync(fh.fileno())
@@ -213,7 +240,8 @@ class Panel:
         bars_file = path / "bars.parquet"
         if not bars_file.exists():
             raise PanelError(
-                f"no panel at {path} (expected {bars_file}); create one with `fascl data synth` or `fascl data import`"
+                f"no panel at {path} (expected {bars_file}); "
+                "create one with `fascl data synth` or `fascl data import`"
             )
         filters = []
         if start is not None:

@@ -14,7 +14,9 @@ from fascl.settings import get_settings
 app = typer.Typer(help="Price panels: synthetic market, importers, summaries.", no_args_is_help=True)
 console = Console()
 
-NameOption = Annotated[str | None, typer.Option("--name", help="Panel name under FASCL_HOME/market (default FASCL_DATASET)")]
+NameOption = Annotated[
+    str | None, typer.Option("--name", help="Panel name under FASCL_HOME/market (default FASCL_DATASET)")
+]
 
 
 @app.command()
@@ -31,18 +33,29 @@ def synth(
     with console.status(f"generating {assets} assets x {years:g} years (seed {seed})"):
         market = generate(n_assets=assets, years=years, seed=seed)
         save_synthetic(market, dest)
-    console.print(f"[green]wrote[/] {dest}  ({market.panel.n_assets} assets, {market.panel.n_dates} dates, "
-                  f"{len(market.truth.regime_dates)} regime shifts)")
+    console.print(
+        f"[green]wrote[/] {dest}  ({market.panel.n_assets} assets, {market.panel.n_dates} dates, "
+        f"{len(market.truth.regime_dates)} regime shifts)"
+    )
 
 
 @app.command("import")
 def import_(
-    source: Annotated[Path, typer.Argument(exists=True, help="Per-ticker CSV folder, long CSV/Parquet or wide close matrix")],
+    source: Annotated[
+        Path, typer.Argument(exists=True, help="Per-ticker CSV folder, long CSV/Parquet or wide close matrix")
+    ],
     name: Annotated[str, typer.Option("--name", help="Panel name under FASCL_HOME/market")],
     fmt: Annotated[str, typer.Option("--format", help="auto | csv-folder | long | wide")] = "auto",
-    assets: Annotated[Path | None, typer.Option(exists=True, help="Asset metadata CSV (ticker,name,sector,industry,exchange)")] = None,
-    clean: Annotated[bool, typer.Option(help="Detect unadjusted splits and one-day spikes and record corrections")] = True,
-    strict: Annotated[bool, typer.Option(help="Treat value problems (bad prices, high<low) as fatal")] = False,
+    assets: Annotated[
+        Path | None,
+        typer.Option(exists=True, help="Asset metadata CSV (ticker,name,sector,industry,exchange)"),
+    ] = None,
+    clean: Annotated[
+        bool, typer.Option(help="Detect unadjusted splits and one-day spikes and record corrections")
+    ] = True,
+    strict: Annotated[
+        bool, typer.Option(help="Treat value problems (bad prices, high<low) as fatal")
+    ] = False,
 ) -> None:
     """Import bars into a panel. All or nothing: on a fatal problem nothing is written."""
     from market.importers import import_dataset
@@ -61,7 +74,10 @@ def import_(
 
 
 @app.command()
-def info(name: NameOption = None, raw: Annotated[bool, typer.Option(help="Show the bars without corrections")] = False) -> None:
+def info(
+    name: NameOption = None,
+    raw: Annotated[bool, typer.Option(help="Show the bars without corrections")] = False,
+) -> None:
     """Summarise a panel: assets, date range, coverage, sectors, corrections."""
     import numpy as np
     import pandas as pd
@@ -87,9 +103,15 @@ def info(name: NameOption = None, raw: Annotated[bool, typer.Option(help="Show t
     summary.add_row("assets", f"{panel.n_assets:,}")
     summary.add_row("dates", f"{panel.n_dates:,}  ({panel.dates[0]} .. {panel.dates[-1]})")
     summary.add_row("bars", f"{int(has_close.sum()):,}")
-    summary.add_row("coverage", f"median {np.median(coverage):.1%} of each asset's own span; "
-                                f"{(coverage < 0.95).sum()} assets below 95%")
-    summary.add_row("assets per date", f"min {has_close.sum(axis=1).min():,}, median {int(np.median(has_close.sum(axis=1))):,}")
+    summary.add_row(
+        "coverage",
+        f"median {np.median(coverage):.1%} of each asset's own span; "
+        f"{(coverage < 0.95).sum()} assets below 95%",
+    )
+    summary.add_row(
+        "assets per date",
+        f"min {has_close.sum(axis=1).min():,}, median {int(np.median(has_close.sum(axis=1))):,}",
+    )
     summary.add_row("fingerprint", manifest.get("fingerprint", "?"))
     corrections = path / "corrections.parquet"
     if corrections.exists():

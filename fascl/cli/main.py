@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from fascl.cli import data
+from fascl.cli import data, train
 
 app = typer.Typer(
-    help="FASCL asset retrieval: bring in daily bars, train embeddings, index them, serve similar-asset queries.",
+    help="FASCL asset retrieval: import bars, train embeddings, index them, serve similar-asset queries.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data")
+app.command("train")(train.train)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ def make_panel(n_dates=100, n_assets=5, seed=0) -> Panel:
     values[4] = rng.integers(1_000, 5_000, (n_dates, n_assets))
     values[5] = values[3] * values[4]
     tickers = [f"T{i}" for i in range(n_assets)]
-    assets = pd.DataFrame({"ticker": tickers, "sector": ["Tech", "Energy"] * (n_assets // 2) + ["Tech"] * (n_assets % 2)})
+    assets = pd.DataFrame(
+        {"ticker": tickers, "sector": ["Tech", "Energy"] * (n_assets // 2) + ["Tech"] * (n_assets % 2)}
+    )
     return Panel(dates, tickers, values, assets)
 
 
