@@ -1,0 +1,51 @@
+"""Soft contrastive loss of FASCL and the ablation losses the paper compares.
+
+All losses take one date's cross-section: embeddings z (B x d, unit norm) and a target
+matrix (B x B). The self-pair is excluded from every softmax (the paper is silent; a pair
+of an asset with itself carries no information about peers).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+TAU = 0.01  # temperature on cosine similarity (predictions)
+TAU_TARGET = 0.05  # temperature on future correlations (targets)
+
+
+def _off_diagonal_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+    return torch.log_softmax(logits.masked_fill(eye, float("-inf")), dim=1), eye
+
+
+def soft_contrastive_loss(
+    z: torch.Tensor, target_corr: torch.Tensor, tau: float = TAU, tau_target: float = TAU_TARGET
+) -> torch.Tensor:
+    """(1/B) sum_i KL(p_i || q_i), p_i = softmax_j(C_ij / tau_t), q_i = softmax_j(cos_ij / tau), j != i.
+
+    With future correlations as `target_corr` this is FASCL; with historical correlations it is
+    the paper's "observation-aligned targets" ablation.
+    """
+    if len(z) < 2:
+        raise ValueError("the contrastive loss needs at least two assets on a date")
+    z = F.normalize(z.float(), dim=-1)
+    log_q, eye = _off_diagonal_log_softmax(z @ z.T / tau)
+    log_p, _ = _off_diagonal_log_softmax(target_corr.float() / tau_target)
+    p = log_p.exp()
+    # p is exactly 0 on the diagonal; mask so 0 * (-inf - -inf) does not produce NaN.
+    kl = torch.where(eye, torch.zeros_like(p), p * (log_p - log_q))
+    return kl.sum(dim=1).mean()
+
+
+def hard_infonce_loss(z: torch.Tensor, target_corr: torch.Tensor, tau: float = TAU) -> torch.Tensor:
+    """Ablation: InfoNCE with each asset's most future-correlated peer as its single positive."""
+    if len(z) < 2:
+        raise ValueError("the contrastive loss needs at least two assets on a date")
+    z = F.normalize(z.float(), dim=-1)
+    log_q, eye = _off_diagonal_log_softmax(z @ z.T / tau)
+    positive = target_corr.float().masked_fill(eye, float("-inf")).argmax(dim=1)
+    return F.nll_loss(log_q, positive)
+
+
+LOSSES = {"soft": soft_contrastive_loss, "observed": soft_contrastive_loss, "hard": hard_infonce_loss}

@@ -1,0 +1,253 @@
+"""End-to-end trainer runs on a tiny synthetic market: files, checkpoints, resume, seeds, loss kinds."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from market.synthetic import generate
+from model.checkpoint import CheckpointError, load_encoder, read_checkpoint
+from model.encoder import PatchTransformer, encoder_config
+from model.features import build_cube
+from model.splits import default_splits
+from model.targets import future_complete
+from model.train import TrainConfig, Validator, train
+
+BASE = TrainConfig(
+    encoder="tiny", batch_size=32, epochs=2, steps_per_epoch=5, warmup_epochs=1, threads=1, seed=0
+)
+
+
+def _quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+def _run(panel, out_dir, config=BASE, **kwargs):
+    return train(panel, config, out_dir, console=_quiet(), **kwargs)
+
+
+def _log(out_dir) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def panel():
+    return generate(40, 3, seed=0).panel
+
+
+@pytest.fixture(scope="module")
+def run(panel, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = _run(panel, out, data_source="synthetic:test")
+    return out, result
+
+
+# ------------------------------------------------------------------ outputs
+def test_run_writes_checkpoints_logs_and_summary(run):
+    out, result = run
+    for name in ("best.pt", "last.pt", "log.jsonl", "config.json", "summary.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.tmp"))
+    log = _log(out)
+    assert [r["epoch"] for r in log] == [0, 1]
+    for record in log:
+        assert 0.0 < record["valid_frc1"] <= 1.0
+        assert 0.0 < record["pearson_valid_frc1"] <= 1.0
+        assert np.isfinite(record["loss"]) and record["loss"] >= 0
+    assert log[0]["pearson_valid_frc1"] == log[1]["pearson_valid_frc1"]
+    assert log[0]["samples"] == 5 * 32 and log[1]["samples"] == 10 * 32
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["steps"] == 10
+    assert summary["stopped_because"] == "finished all epochs"
+    assert summary["best_valid_frc"] == pytest.approx(max(r["valid_frc1"] for r in log))
+    assert summary["out_dir"] == str(out)
+    assert result.epochs_run == 2 and result.steps == 10
+    config = json.loads((out / "config.json").read_text())
+    assert config["train_config"] == BASE.to_dict()
+    assert config["encoder_config"]["width"] == 32 and config["encoder_config"]["in_channels"] == 6
+    assert config["data"]["source"] == "synthetic:test"
+
+
+def test_checkpoint_contents(run, panel):
+    out, _ = run
+    last = read_checkpoint(out / "last.pt")
+    keys = ("model_state", "optimizer_state", "scheduler_state", "encoder_config", "train_config", "splits")
+    for key in keys:
+        assert key in last, key
+    assert last["epoch"] == 1
+    assert last["train_config"] == BASE.to_dict()
+    assert last["encoder_config"] == encoder_config("tiny", in_channels=6).to_dict()
+    assert last["data"]["fingerprint"] == panel.fingerprint()
+    assert last["data"]["assets"] == 40
+    assert last["data"]["first_date"] == str(panel.dates[0])
+    assert last["data"]["last_date"] == str(panel.dates[-1])
+    assert last["splits"] == default_splits(panel.dates).to_dict()
+    assert last["scheduler_state"]["last_epoch"] == 10
+    assert last["optimizer_state"]["state"]  # AdamW moments were saved
+    assert [h["epoch"] for h in last["history"]] == [0, 1]
+    model = PatchTransformer(encoder_config("tiny", in_channels=6))
+    model.load_state_dict(last["model_state"])  # strict: every key present, shapes right
+    best = read_checkpoint(out)  # a directory means its best.pt
+    log = _log(out)
+    assert best["best_valid_frc"] == pytest.approx(max(r["valid_frc1"] for r in log))
+    assert log[best["epoch"]]["valid_frc1"] == pytest.approx(best["best_valid_frc"])
+
+
+def test_load_encoder_reproduces_the_trained_models_validation_score(run, panel):
+    out, _ = run
+    for name in ("best.pt", "last.pt"):
+        model, meta = load_encoder(out / name)
+        assert not model.training
+        assert not any(key.endswith("_state") for key in meta)
+        assert meta["data"]["fingerprint"] == panel.fingerprint()
+        cube = build_cube(panel, BASE.channels)
+        pool = cube.eligible & future_complete(cube.close)
+        validator = Validator(cube, default_splits(panel.dates).positions(panel.dates)["valid"], BASE, pool)
+        score = validator.frc_at_1(model, torch.device("cpu"))
+        assert score == pytest.approx(_log(out)[meta["epoch"]]["valid_frc1"], abs=1e-9)
+        assert validator.pearson_frc == pytest.approx(meta["pearson_valid_frc"])
+        # embeddings equal the raw state dict loaded by hand
+        state = torch.load(out / name, weights_only=False)
+        twin = PatchTransformer(encoder_config("tiny", in_channels=6))
+        twin.load_state_dict(state["model_state"])
+        twin.eval()
+        x = cube.windows(400, np.arange(10))
+        with torch.no_grad():
+            assert torch.equal(model(x), twin(x))
+
+
+# -------------------------------------------------------------------- resume
+def test_resume_continues_where_it_stopped(run, panel, tmp_path):
+    out, _ = run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    before = read_checkpoint(resumed / "last.pt")
+    result = _run(panel, resumed, dataclasses.replace(BASE, epochs=3), resume=True)
+    assert result.epochs_run == 1 and result.steps == 5
+    log = _log(resumed)
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+    assert log[:2] == _log(out)  # the first two lines are the old run's
+    after = read_checkpoint(resumed / "last.pt")
+    assert after["epoch"] == 2
+    assert after["scheduler_state"]["last_epoch"] == 15
+    # AdamW's step count continued from the checkpoint (a restart would be at 5)
+    assert float(after["optimizer_state"]["state"][0]["step"]) == 15
+    assert [h["epoch"] for h in after["history"]] == [0, 1, 2]
+    assert not _states_equal(before["model_state"], after["model_state"])
+    # nothing left to do: a second resume at epochs=3 trains no more
+    again = _run(panel, resumed, dataclasses.replace(BASE, epochs=3), resume=True)
+    assert again.epochs_run == 0 and again.steps == 0
+    assert len(_log(resumed)) == 3
+
+
+def test_resume_with_another_configuration_raises(run, panel, tmp_path):
+    out, _ = run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    with pytest.raises(ValueError, match="another configuration"):
+        _run(panel, resumed, dataclasses.replace(BASE, epochs=3, channels="close"), resume=True)
+    with pytest.raises(ValueError, match="another configuration"):
+        _run(panel, resumed, dataclasses.replace(BASE, epochs=3, encoder="small"), resume=True)
+
+
+def test_resume_from_a_corrupt_checkpoint_raises(run, panel, tmp_path):
+    out, _ = run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    data = (resumed / "last.pt").read_bytes()
+    (resumed / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="last.pt"):
+        _run(panel, resumed, dataclasses.replace(BASE, epochs=3), resume=True)
+
+
+# ---------------------------------------------------------------- seeds
+def test_same_seed_gives_identical_weights(run, panel, tmp_path):
+    out, _ = run
+    _run(panel, tmp_path / "again")
+    first = read_checkpoint(out / "last.pt")
+    second = read_checkpoint(tmp_path / "again" / "last.pt")
+    assert _states_equal(first["model_state"], second["model_state"])
+    assert [r["loss"] for r in _log(out)] == [r["loss"] for r in _log(tmp_path / "again")]
+    _run(panel, tmp_path / "other", dataclasses.replace(BASE, seed=1))
+    third = read_checkpoint(tmp_path / "other" / "last.pt")
+    assert not _states_equal(first["model_state"], third["model_state"])
+
+
+# ------------------------------------------------------------ checkpoints
+def test_corrupt_checkpoint_raises_checkpoint_error_with_the_path(run, tmp_path):
+    out, _ = run
+    data = (out / "best.pt").read_bytes()
+    for size in (len(data) // 2, 100, 0):
+        broken = tmp_path / f"broken_{size}.pt"
+        broken.write_bytes(data[:size])
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(broken)
+        assert str(broken) in str(info.value)
+        with pytest.raises(CheckpointError):
+            load_encoder(broken)
+
+
+def test_missing_or_foreign_checkpoint_raises(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        read_checkpoint(tmp_path / "nothing.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        read_checkpoint(tmp_path)  # a directory without best.pt
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a FASCL checkpoint"):
+        read_checkpoint(foreign)
+
+
+# ------------------------------------------------------------ other runs
+@pytest.mark.parametrize("loss", ["hard", "observed"])
+def test_other_loss_kinds_train(panel, tmp_path, loss):
+    config = dataclasses.replace(BASE, loss=loss, epochs=1, steps_per_epoch=4)
+    result = _run(panel, tmp_path, config)
+    assert result.steps == 4
+    log = _log(tmp_path)
+    assert len(log) == 1 and np.isfinite(log[0]["loss"]) and log[0]["loss"] > 0
+    assert read_checkpoint(tmp_path / "last.pt")["train_config"]["loss"] == loss
+
+
+def test_close_only_channels_train(panel, tmp_path):
+    config = dataclasses.replace(BASE, channels="close", epochs=1, steps_per_epoch=3)
+    _run(panel, tmp_path, config)
+    model, meta = load_encoder(tmp_path)
+    assert meta["encoder_config"]["in_channels"] == 1
+    assert model(torch.zeros(2, 1, 64)).shape == (2, 32)
+
+
+def test_training_lowers_the_loss(panel, tmp_path):
+    config = dataclasses.replace(BASE, epochs=4, steps_per_epoch=15, seed=3)
+    _run(panel, tmp_path, config)
+    log = _log(tmp_path)
+    assert len(log) == 4
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"]
+    assert log[-1]["lr"] == pytest.approx(config.min_lr)
+
+
+def test_time_budget_stops_cleanly(panel, tmp_path):
+    result = _run(panel, tmp_path, dataclasses.replace(BASE, epochs=5, max_minutes=0.0))
+    assert result.epochs_run == 1
+    assert "time budget" in result.stopped_because
+    assert (tmp_path / "last.pt").is_file() and len(_log(tmp_path)) == 1
+
+
+def test_explicit_splits_are_recorded(panel, tmp_path):
+    config = dataclasses.replace(
+        BASE, epochs=1, steps_per_epoch=2, valid_start="2010-10-01", test_start="2011-09-01"
+    )
+    _run(panel, tmp_path, config)
+    splits = read_checkpoint(tmp_path / "last.pt")["splits"]
+    assert (splits["valid_start"], splits["test_start"]) == ("2010-10-01", "2011-09-01")
