@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     omp_threads: int = Field(1, ge=1, description="OpenMP/torch threads per process")
     seed: int = 0
 
+    # the service
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    require_api_key: bool = Field(False, description="Every route but health needs X-API-Key")
+    index_poll_seconds: float = Field(10.0, gt=0, description="How often the service checks SQL for a new active index")
+    index_cache_bytes: int = Field(512 * 1024**2, description="Memory bound of the lazily loaded historical dates")
+    index_keep: int = Field(3, ge=1, description="Index versions kept on disk")
+
     @property
     def market_dir(self) -> Path:
         return self.home / "market"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fascl.cli import data, train
+from fascl.cli import data, db, train
 
 app = typer.Typer(
     help="FASCL asset retrieval: import bars, train embeddings, index them, serve similar-asset queries.",
@@ -13,6 +13,8 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
+app.add_typer(db.app, name="db")
+app.add_typer(db.keys_app, name="keys")
 
 
 if __name__ == "__main__":
