@@ -71,7 +71,11 @@ class Panel:
             raise PanelError("panel dates must be strictly increasing")
         if len(set(self.tickers)) != len(self.tickers):
             raise PanelError("panel tickers must be unique")
-        if self.assets is None or list(self.assets["ticker"]) != list(self.tickers):
+        if (
+            self.assets is None
+            or not set(META_COLUMNS) <= set(self.assets.columns)
+            or list(self.assets["ticker"]) != list(self.tickers)
+        ):
             self.assets = normalize_metadata(self.tickers, self.assets)
         self._ticker_index = {t: i for i, t in enumerate(self.tickers)}
 

@@ -1,0 +1,127 @@
+"""Request and response models: they document the API (OpenAPI, with examples) and validate bodies."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_K = 100
+
+
+class QueryInfo(BaseModel):
+    ticker: str
+    name: str
+    sector: str
+    requested_date: str | None = Field(description="The date asked for (None: the newest indexed date)")
+    as_of: str = Field(description="The indexed trading date used: the latest on or before the requested date")
+
+
+class Peer(BaseModel):
+    rank: int
+    ticker: str
+    name: str
+    sector: str
+    industry: str
+    exchange: str
+    score: float = Field(description="Cosine similarity of the FASCL embeddings")
+    realized_correlation: float | None = Field(
+        None, description="With include_realized: Pearson correlation of the next 64 daily returns with the query's"
+    )
+
+
+class SimilarResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": {
+                        "ticker": "AAPL",
+                        "name": "Apple Inc.",
+                        "sector": "Technology",
+                        "requested_date": "2016-06-30",
+                        "as_of": "2016-06-30",
+                    },
+                    "model_version": "us_nasdaq-small-1a2b3c4d",
+                    "index_version": "us_nasdaq-small-1a2b3c4d-20161230",
+                    "results": [
+                        {
+                            "rank": 1,
+                            "ticker": "MSFT",
+                            "name": "Microsoft Corporation",
+                            "sector": "Technology",
+                            "industry": "Computer Software",
+                            "exchange": "NASDAQ",
+                            "score": 0.83,
+                            "realized_correlation": None,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    query: QueryInfo
+    model_version: str
+    index_version: str
+    results: list[Peer]
+
+
+class SimilarQuery(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"ticker": "AAPL", "date": "2016-06-30", "k": 5}]}
+    )
+    ticker: str
+    date: str | None = Field(None, description="YYYY-MM-DD; default the newest indexed date")
+    k: int = Field(10, ge=1, le=MAX_K)
+    sector: str | None = None
+    exchange: str | None = None
+    exclude_same_sector: bool = False
+    min_score: float | None = Field(None, ge=-1, le=1)
+    include_realized: bool = False
+
+
+class SimilarBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[SimilarQuery] = Field(min_length=1, max_length=1000)
+
+
+class BatchItem(BaseModel):
+    result: SimilarResponse | None = None
+    error: dict | None = Field(None, description="The error object this query would have returned alone")
+
+
+class SimilarBatchResponse(BaseModel):
+    results: list[BatchItem]
+
+
+class AssetOut(BaseModel):
+    ticker: str
+    name: str
+    sector: str
+    industry: str
+    exchange: str
+    first_date: str | None
+    last_date: str | None
+
+
+class AssetPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[AssetOut]
+
+
+class DatesOut(BaseModel):
+    index_version: str
+    first: str
+    last: str
+    count: int
+    dates: list[str]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    detail: object | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
