@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     dataset: str = Field("synthetic", description="Name of the panel under HOME/market used by default")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file under HOME")
     omp_threads: int = Field(1, ge=1, description="OpenMP/torch threads per process")
+    index_keep: int = Field(3, ge=1, description="Index versions kept under HOME/indexes (newest first)")
+    index_cache_mb: int = Field(
+        1024, ge=0, description="Memory bound of the query side's LRU of historical dates, in MiB"
+    )
     seed: int = 0
 
     # the service
@@ -28,9 +32,9 @@ class Settings(BaseSettings):
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     require_api_key: bool = Field(False, description="Every route but health needs X-API-Key")
-    index_poll_seconds: float = Field(10.0, gt=0, description="How often the service checks SQL for a new active index")
-    index_cache_bytes: int = Field(512 * 1024**2, description="Memory bound of the lazily loaded historical dates")
-    index_keep: int = Field(3, ge=1, description="Index versions kept on disk")
+    index_poll_seconds: float = Field(
+        10.0, gt=0, description="How often the service checks SQL for a new active index"
+    )
 
     @property
     def market_dir(self) -> Path:

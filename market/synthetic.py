@@ -198,7 +198,7 @@ class SyntheticMarket:
 
 # ----------------------------------------------------------------------- names
 _ONSETS = ("B", "C", "D", "F", "G", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Z", "Br", "Tr", "St", "Qu")
-_VOWELS = ("a", "e", "i", "o", "u", "ar", "en", "or", "ex", "on")
+_VOWELS = ("a", "e", "i", "o", "u", "ar", "en", "or", "el", "on")
 _SUFFIXES = ("Corp", "Corp", "Inc", "Holdings", "Group")
 
 

@@ -1,0 +1,287 @@
+"""The FastAPI application factory: settings, registry, error shape, metrics, API keys and the routes."""
+
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from typing import Annotated
+
+import orjson
+from fastapi import Depends, FastAPI, Query, Request
+from sqlalchemy import text
+from starlette.responses import Response
+
+from fascl.settings import Settings, get_settings
+from index.errors import UnknownTicker
+from index.store import IndexStore
+from service.db import make_engine, session_factory
+from service.errors import APIError, install_error_handlers
+from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.registry import IndexRegistry, Snapshot
+from service.repository import check_api_key
+from service.schemas import (
+    MAX_K,
+    AssetOut,
+    AssetPage,
+    DatesOut,
+    ErrorResponse,
+    SimilarBatch,
+    SimilarBatchResponse,
+    SimilarResponse,
+)
+from service.similar import answer, to_api_error
+
+log = logging.getLogger("fascl.service")
+
+ERRORS = {
+    404: {
+        "model": ErrorResponse,
+        "description": "Unknown ticker (with close matches) or no data on that date",
+    },
+    422: {
+        "model": ErrorResponse,
+        "description": "Malformed date, k outside 1..100, unknown sector or exchange",
+    },
+    503: {"model": ErrorResponse, "description": "No index loaded yet"},
+}
+
+
+def json_response(payload, status: int = 200) -> Response:
+    # orjson and a plain Response: no response-model validation on the hot path (the schema is
+    # documented through `responses=`), which is most of FastAPI's per-request cost.
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.sqlalchemy_url)
+    sessions = session_factory(engine)
+    registry = IndexRegistry(
+        IndexStore(settings.indexes_dir, keep=settings.index_keep),
+        sessions,
+        cache_bytes=settings.index_cache_mb * 2**20,
+        omp_threads=settings.omp_threads,
+    )
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await asyncio.to_thread(registry.refresh)
+        publish_index_metrics()
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(settings.index_poll_seconds)
+                try:
+                    if await asyncio.to_thread(registry.refresh):
+                        publish_index_metrics()
+                except Exception:  # keep polling: the database may be back at the next tick
+                    log.exception("index poll failed")
+
+        task = asyncio.create_task(poll())
+        try:
+            yield
+        finally:
+            task.cancel()
+            engine.dispose()
+
+    app = FastAPI(
+        title="FASCL asset retrieval",
+        summary="Which assets will move most like X after date D?",
+        description="Peers ranked by cosine similarity of FASCL embeddings of each asset's trailing 64-day window, "
+        "trained so that similarity follows the correlation of future 64-day returns.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def publish_index_metrics() -> None:
+        snap = registry.current
+        if snap is None:
+            return
+        metrics.index_info.clear()
+        metrics.index_info.labels(snap.index_version, snap.model_version).set(1)
+        metrics.swaps.set(registry.swaps)
+
+    # ------------------------------------------------------------ dependencies
+    def require(scope: str):
+        def check(request: Request) -> None:
+            if not settings.require_api_key:
+                return
+            scopes = check_api_key(registry.api_keys, request.headers.get("x-api-key"))
+            if scopes is None:
+                raise APIError(401, "unauthorized", "a valid X-API-Key header is required", None)
+            if scope not in scopes:
+                raise APIError(
+                    403, "forbidden", f"this key lacks the {scope!r} scope", {"scopes": sorted(scopes)}
+                )
+
+        return Depends(check)
+
+    def snapshot() -> Snapshot:
+        snap = registry.current
+        if snap is None:
+            detail = registry.last_error or "build one with `fascl index build`"
+            raise APIError(503, "no_index", "no index is loaded yet", detail)
+        return snap
+
+    SnapshotDep = Annotated[Snapshot, Depends(snapshot)]
+
+    # ------------------------------------------------------------------ routes
+    @app.get(
+        "/similar/{ticker}",
+        response_model=None,
+        tags=["similarity"],
+        dependencies=[require("read")],
+        responses={200: {"model": SimilarResponse, "description": "Peers, best first"}, **ERRORS},
+    )
+    async def similar(
+        snap: SnapshotDep,
+        ticker: str,
+        date: Annotated[str | None, Query(description="YYYY-MM-DD; default the newest indexed date")] = None,
+        k: Annotated[int, Query(ge=1, le=MAX_K, description="Number of peers")] = 10,
+        sector: Annotated[str | None, Query(description="Only peers in this sector")] = None,
+        exchange: Annotated[str | None, Query(description="Only peers on this exchange")] = None,
+        exclude_same_sector: Annotated[bool, Query(description="Drop peers in the query's sector")] = False,
+        min_score: Annotated[
+            float | None, Query(ge=-1, le=1, description="Drop peers below this score")
+        ] = None,
+        include_realized: Annotated[
+            bool, Query(description="Add each peer's realised 64-day future correlation where known")
+        ] = False,
+    ) -> Response:
+        """The k assets whose future returns the model expects to move most like `ticker`'s after `date`."""
+        return json_response(
+            answer(snap, ticker, date, k, sector, exchange, exclude_same_sector, min_score, include_realized)
+        )
+
+    @app.post(
+        "/similar",
+        response_model=SimilarBatchResponse,
+        tags=["similarity"],
+        dependencies=[require("read")],
+        responses=ERRORS,
+    )
+    def similar_batch(snap: SnapshotDep, batch: SimilarBatch) -> Response:
+        """Many queries in one call; each item carries its result or the error it would have returned."""
+        items = []
+        for q in batch.queries:
+            try:
+                items.append({"result": answer(snap, **q.model_dump()), "error": None})
+            except APIError as exc:
+                items.append(
+                    {
+                        "result": None,
+                        "error": {"code": exc.code, "message": exc.message, "detail": exc.detail},
+                    }
+                )
+        return json_response({"results": items})
+
+    @app.get("/assets", response_model=AssetPage, tags=["assets"], dependencies=[require("read")])
+    def assets(
+        snap: SnapshotDep,
+        q: Annotated[str | None, Query(description="Ticker prefix or part of the name, any case")] = None,
+        sector: str | None = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> Response:
+        """Assets of the served index, searchable by ticker prefix or name."""
+        needle = (q or "").strip().lower()
+        rows = [
+            (aid, m)
+            for aid, m in enumerate(snap.meta)
+            if (not needle or m["ticker"].lower().startswith(needle) or needle in m["name"].lower())
+            and (sector is None or m["sector"] == sector)
+        ]
+        page = [asset_out(snap, aid) for aid, _ in rows[offset : offset + limit]]
+        return json_response({"total": len(rows), "offset": offset, "limit": limit, "items": page})
+
+    @app.get(
+        "/assets/{ticker}",
+        response_model=AssetOut,
+        tags=["assets"],
+        dependencies=[require("read")],
+        responses=ERRORS,
+    )
+    def asset(snap: SnapshotDep, ticker: str) -> Response:
+        """One asset's metadata and the dates it has vectors for."""
+        try:
+            aid = snap.reader.asset_id(ticker)
+        except UnknownTicker as exc:
+            raise to_api_error(exc) from None
+        return json_response(asset_out(snap, aid))
+
+    @app.get("/dates", response_model=DatesOut, tags=["assets"], dependencies=[require("read")])
+    def dates(snap: SnapshotDep) -> Response:
+        """The indexed trading dates."""
+        iso = snap.dates_iso
+        return json_response(
+            {
+                "index_version": snap.index_version,
+                "first": iso[0],
+                "last": iso[-1],
+                "count": len(iso),
+                "dates": iso,
+            }
+        )
+
+    @app.get("/health/live", tags=["operations"])
+    async def live() -> dict:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["operations"], responses={503: {"model": ErrorResponse}})
+    def ready() -> Response:
+        """An index is loaded and the database answers."""
+        snap = registry.current
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("select 1"))
+            database = "ok"
+        except Exception as exc:  # noqa: BLE001 - report any database failure as not ready
+            database = f"unreachable: {exc.__class__.__name__}"
+        body = {
+            "index_version": snap.index_version if snap else None,
+            "model_version": snap.model_version if snap else None,
+            "newest_date": snap.dates_iso[-1] if snap else None,
+            "database": database,
+        }
+        if snap is None or database != "ok":
+            detail = {**body, "index_error": registry.last_error}
+            return json_response(
+                {"error": {"code": "not_ready", "message": "not ready", "detail": detail}}, 503
+            )
+        return json_response({"status": "ready", **body})
+
+    @app.get("/metrics", tags=["operations"], dependencies=[require("read")])
+    def prometheus() -> Response:
+        """Prometheus metrics: latency histograms by route and status, index version, newest date's age."""
+        snap = registry.current
+        if snap is not None:
+            metrics.newest_date_age.set((dt.date.today() - snap.newest_date).days)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/admin/reload", tags=["operations"], dependencies=[require("admin")])
+    def reload() -> Response:
+        """Check SQL for the active index version now, and swap to it if it changed."""
+        swapped = registry.refresh()
+        if swapped:
+            publish_index_metrics()
+        snap = registry.current
+        return json_response(
+            {
+                "swapped": swapped,
+                "index_version": snap.index_version if snap else None,
+                "error": registry.last_error,
+            }
+        )
+
+    return app
+
+
+def asset_out(snap: Snapshot, aid: int) -> dict:
+    first, last = snap.first_last[aid]
+    return {**snap.meta[aid], "first_date": first, "last_date": last}
