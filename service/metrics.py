@@ -22,14 +22,19 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.index_info = Gauge(
-            "fascl_index_info", "The served index version (value 1)", ["index_version", "model_version"],
+            "fascl_index_info",
+            "The served index version (value 1)",
+            ["index_version", "model_version"],
             registry=self.registry,
         )
         self.newest_date_age = Gauge(
-            "fascl_index_newest_date_age_days", "Days between today and the newest indexed date",
+            "fascl_index_newest_date_age_days",
+            "Days between today and the newest indexed date",
             registry=self.registry,
         )
-        self.swaps = Gauge("fascl_index_swaps_total", "Index versions swapped in since start", registry=self.registry)
+        self.swaps = Gauge(
+            "fascl_index_swaps_total", "Index versions swapped in since start", registry=self.registry
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -59,4 +64,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            self.metrics.latency.labels(scope["method"], template, str(status)).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )

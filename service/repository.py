@@ -114,3 +114,35 @@ def check_api_key(keys: dict[str, tuple[str, frozenset[str]]], key: str | None) 
         hmac.compare_digest(_hash_key(key), "0" * 64)
         return None
     return entry[1] if hmac.compare_digest(_hash_key(key), entry[0]) else None
+
+
+def register_index(session: Session, version, *, activate: bool = True) -> IndexVersion:
+    """Record a published store version (index.store.IndexVersion) in SQL, optionally as the active one."""
+    manifest = version.manifest
+    model = session.scalar(select(ModelVersion).where(ModelVersion.version == version.model_version))
+    if model is None:
+        info = manifest.get("model", {})
+        model = ModelVersion(
+            version=version.model_version,
+            path=str(info.get("checkpoint", "")),
+            config={k: info.get(k) for k in ("encoder_config", "train_config", "splits") if k in info},
+            data_fingerprint=(manifest.get("data") or {}).get("fingerprint") or "",
+        )
+        session.add(model)
+        session.flush()
+    row = session.scalar(select(IndexVersion).where(IndexVersion.version == version.version))
+    if row is None:
+        row = IndexVersion(version=version.version, path=str(version.path))
+        session.add(row)
+    dates = manifest["dates"]
+    row.model_version_id = model.id
+    row.checksum = version.manifest_sha256
+    row.first_date = datetime.fromisoformat(dates[0]).date() if dates else None
+    row.last_date = datetime.fromisoformat(dates[-1]).date() if dates else None
+    row.n_dates = len(dates)
+    row.n_vectors = int(sum(manifest.get("counts", [])))
+    row.status = "ready"
+    session.flush()
+    if activate:
+        activate_index(session, row)
+    return row

@@ -12,7 +12,9 @@ class QueryInfo(BaseModel):
     name: str
     sector: str
     requested_date: str | None = Field(description="The date asked for (None: the newest indexed date)")
-    as_of: str = Field(description="The indexed trading date used: the latest on or before the requested date")
+    as_of: str = Field(
+        description="The indexed trading date used: the latest on or before the requested date"
+    )
 
 
 class Peer(BaseModel):
@@ -24,7 +26,8 @@ class Peer(BaseModel):
     exchange: str
     score: float = Field(description="Cosine similarity of the FASCL embeddings")
     realized_correlation: float | None = Field(
-        None, description="With include_realized: Pearson correlation of the next 64 daily returns with the query's"
+        None,
+        description="With include_realized: Pearson correlation of the next 64 daily returns with the query's",
     )
 
 

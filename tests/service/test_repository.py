@@ -43,7 +43,9 @@ def test_load_assets_upserts_metadata_and_date_ranges(database_url):
     with factory() as session:
         rows = {a.ticker: a for a in session.scalars(select(Asset))}
     assert rows["A"].name == "Alpha Holdings" and rows["A"].sector == "Tech"
-    assert str(rows["C"].first_date) == str(panel.dates[4]) and str(rows["C"].last_date) == str(panel.dates[-1])
+    assert str(rows["C"].first_date) == str(panel.dates[4]) and str(rows["C"].last_date) == str(
+        panel.dates[-1]
+    )
     engine.dispose()
 
 

@@ -1,0 +1,265 @@
+"""Route logic with FastAPI's TestClient, on a real index and a real SQLite / PostgreSQL store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from fascl.settings import Settings
+from index.store import IndexStore
+from market.panel import Panel
+from service.app import create_app
+from service.db import make_engine, session_factory, session_scope, upgrade
+from service.models import Asset
+from service.repository import create_api_key, load_assets, register_index
+from tests.service.fixtures import make_deployment
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    return make_deployment(tmp_path_factory.mktemp("home"), versions=2)
+
+
+@pytest.fixture
+def env(deployment, database_url):
+    """The deployment's store with a migrated database holding its assets and the first version active."""
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    factory = session_factory(engine)
+    store = IndexStore(deployment.home / "indexes")
+    with session_scope(factory) as session:
+        load_assets(session, Panel.load(deployment.panel_path), "synthetic")
+        register_index(session, store.open_version(deployment.versions[0]), activate=True)
+    settings = Settings(home=deployment.home, database_url=database_url, index_poll_seconds=3600)
+    yield settings, factory
+    engine.dispose()
+
+
+@pytest.fixture
+def client(env):
+    settings, _ = env
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def panel(deployment):
+    return Panel.load(deployment.panel_path)
+
+
+def brute_force(deployment, version, date, ticker, k):
+    """Top-k by numpy over the stored vectors: what the service must return."""
+    vectors = np.load(deployment.home / "indexes" / version / "vectors" / f"{date}.npy")
+    ids = np.load(deployment.home / "indexes" / version / "ids" / f"{date}.npy")
+    tickers = IndexStore(deployment.home / "indexes").open_version(version).assets()["ticker"].tolist()
+    q = ids.tolist().index(tickers.index(ticker))
+    scores = vectors @ vectors[q]
+    scores[q] = -np.inf
+    order = np.argsort(-scores)[:k]
+    return [tickers[ids[i]] for i in order], scores[order]
+
+
+def error_of(response, status, code):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_similar_matches_brute_force_and_never_returns_the_query(client, deployment, panel):
+    ticker = panel.tickers[5]
+    response = client.get(f"/similar/{ticker}", params={"date": "2011-02-15", "k": 7})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["query"]["ticker"] == ticker and body["query"]["as_of"] == "2011-02-15"
+    assert body["index_version"] == deployment.versions[0]
+    tickers = [r["ticker"] for r in body["results"]]
+    expected, scores = brute_force(deployment, deployment.versions[0], "2011-02-15", ticker, 7)
+    assert tickers == expected
+    np.testing.assert_allclose([r["score"] for r in body["results"]], scores, atol=1e-5)
+    assert ticker not in tickers
+    assert [r["rank"] for r in body["results"]] == list(range(1, 8))
+
+
+def test_metadata_comes_from_the_sql_store(env, deployment, panel):
+    settings, factory = env
+    ticker = panel.tickers[5]
+    with session_scope(factory) as session:
+        session.execute(update(Asset).values(name="Renamed Holdings").where(Asset.ticker == ticker))
+    with TestClient(create_app(settings)) as client:
+        body = client.get(f"/similar/{ticker}").json()
+        assert body["query"]["name"] == "Renamed Holdings"
+        assert client.get(f"/assets/{ticker}").json()["name"] == "Renamed Holdings"
+
+
+def test_date_resolves_as_of_the_last_trading_day_and_defaults_to_newest(client, panel):
+    ticker = panel.tickers[0]
+    saturday = client.get(f"/similar/{ticker}", params={"date": "2011-02-19"}).json()
+    assert saturday["query"]["requested_date"] == "2011-02-19" and saturday["query"]["as_of"] == "2011-02-18"
+    newest = client.get(f"/similar/{ticker}").json()
+    assert newest["query"]["requested_date"] is None
+    assert newest["query"]["as_of"] == str(panel.dates[-1])
+
+
+def test_filters_keep_k_results(client, panel):
+    ticker = panel.tickers[1]
+    sector = panel.assets["sector"].value_counts().index[0]
+    body = client.get(f"/similar/{ticker}", params={"sector": sector, "k": 3}).json()
+    assert len(body["results"]) == 3 and {r["sector"] for r in body["results"]} == {sector}
+    own = body["query"]["sector"]
+    body = client.get(f"/similar/{ticker}", params={"exclude_same_sector": "true", "k": 10}).json()
+    assert len(body["results"]) == 10 and own not in {r["sector"] for r in body["results"]}
+    body = client.get(f"/similar/{ticker}", params={"exchange": "NYSE", "k": 5}).json()
+    assert {r["exchange"] for r in body["results"]} == {"NYSE"}
+    body = client.get(f"/similar/{ticker}", params={"min_score": 0.99, "k": 20}).json()
+    assert all(r["score"] >= 0.99 for r in body["results"])
+
+
+def test_include_realized_reports_the_future_correlation_when_known(client, panel):
+    from model.targets import future_returns, pearson_matrix
+
+    ticker = panel.tickers[2]
+    body = client.get(
+        f"/similar/{ticker}", params={"date": "2011-01-14", "k": 4, "include_realized": "true"}
+    ).json()
+    t = panel.date_position("2011-01-14")
+    ids = [panel.asset_index(ticker)] + [panel.asset_index(r["ticker"]) for r in body["results"]]
+    expected = pearson_matrix(future_returns(panel.close, t, np.array(ids))[0])[0, 1:]
+    np.testing.assert_allclose([r["realized_correlation"] for r in body["results"]], expected, atol=1e-5)
+    newest = client.get(f"/similar/{ticker}", params={"include_realized": "true"}).json()
+    assert all(r["realized_correlation"] is None for r in newest["results"])  # the future is not known yet
+    plain = client.get(f"/similar/{ticker}").json()
+    assert "realized_correlation" not in plain["results"][0]
+
+
+def test_errors_have_one_shape_and_say_what_would_be_right(client, panel):
+    ticker = panel.tickers[3]
+    error = error_of(client.get(f"/similar/{ticker[:-1]}X"), 404, "unknown_ticker")
+    assert ticker in error["detail"]["close_matches"] or error["detail"]["close_matches"]
+    error = error_of(client.get(f"/similar/{ticker}", params={"date": "2011-02-30"}), 422, "invalid_date")
+    assert "YYYY-MM-DD" in error["message"]
+    error_of(client.get(f"/similar/{ticker}", params={"date": "yesterday"}), 422, "invalid_date")
+    error = error_of(client.get(f"/similar/{ticker}", params={"k": 0}), 422, "invalid_request")
+    assert error["detail"][0]["field"] == "k"
+    error_of(client.get(f"/similar/{ticker}", params={"k": 101}), 422, "invalid_request")
+    error_of(client.get(f"/similar/{ticker}", params={"k": "ten"}), 422, "invalid_request")
+    error = error_of(client.get(f"/similar/{ticker}", params={"sector": "Astrology"}), 422, "unknown_sector")
+    assert set(panel.assets["sector"]) <= set(error["detail"]["valid"])
+    error_of(client.get(f"/similar/{ticker}", params={"exchange": "LSE"}), 422, "unknown_exchange")
+    error = error_of(
+        client.get(f"/similar/{ticker}", params={"date": "2001-01-01"}), 404, "date_out_of_range"
+    )
+    assert error["detail"]["first"] == "2010-10-01"
+    error_of(client.get("/nothing-here"), 404, "not_found")
+    error_of(client.post("/similar", json={"queries": []}), 422, "invalid_request")
+    error_of(client.post("/similar", content=b"{not json"), 422, "invalid_request")
+
+
+def test_no_data_on_date_gives_the_available_range(client, panel):
+    """The last asset misses bars in early February 2011 (see fixtures): no vector on 2011-02-15."""
+    error = error_of(
+        client.get(f"/similar/{panel.tickers[-1]}", params={"date": "2011-02-15"}), 404, "no_data_on_date"
+    )
+    assert error["detail"]["ticker"] == panel.tickers[-1]
+    assert error["detail"]["available_from"] == "2010-10-01"
+    assert error["detail"]["available_to"] == str(panel.dates[-1])
+
+
+def test_batch_answers_each_query_or_its_error(client, panel):
+    queries = [
+        {"ticker": panel.tickers[0], "k": 3},
+        {"ticker": "NOPE", "k": 3},
+        {"ticker": panel.tickers[1], "date": "2011-02-31"},
+    ]
+    body = client.post("/similar", json={"queries": queries}).json()
+    assert len(body["results"]) == 3
+    assert len(body["results"][0]["result"]["results"]) == 3 and body["results"][0]["error"] is None
+    assert body["results"][1]["error"]["code"] == "unknown_ticker"
+    assert body["results"][2]["error"]["code"] == "invalid_date"
+    error_of(client.post("/similar", json={"queries": [{"ticker": "A", "k": 500}]}), 422, "invalid_request")
+
+
+def test_assets_search_pagination_and_dates(client, panel):
+    name = panel.assets["name"].iloc[4]
+    body = client.get("/assets", params={"q": name.split()[0].lower()}).json()
+    assert panel.tickers[4] in [a["ticker"] for a in body["items"]]
+    page = client.get("/assets", params={"offset": 10, "limit": 5}).json()
+    assert page["total"] == panel.n_assets and len(page["items"]) == 5 and page["offset"] == 10
+    prefix = panel.tickers[7][:2]
+    hits = client.get("/assets", params={"q": prefix}).json()["items"]
+    assert hits and all(a["ticker"].startswith(prefix) or prefix.lower() in a["name"].lower() for a in hits)
+    one = client.get(f"/assets/{panel.tickers[7]}").json()
+    assert one["ticker"] == panel.tickers[7] and one["first_date"] <= one["last_date"]
+    error_of(client.get("/assets/NOPE"), 404, "unknown_ticker")
+    dates = client.get("/dates").json()
+    assert dates["first"] == "2010-10-01" and dates["last"] == str(panel.dates[-1])
+    assert dates["count"] == len(dates["dates"])
+
+
+def test_health_and_metrics(client):
+    assert client.get("/health/live").json() == {"status": "ok"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok"
+    client.get("/similar/NOPE")
+    text = client.get("/metrics").text
+    assert 'fascl_request_seconds_count{method="GET",route="/similar/{ticker}",status="404"}' in text
+    assert "fascl_index_info{" in text and "fascl_index_newest_date_age_days" in text
+
+
+def test_not_ready_without_an_index(tmp_path, database_url):
+    upgrade(database_url)
+    settings = Settings(home=tmp_path, database_url=database_url)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health/live").status_code == 200
+        error_of(client.get("/health/ready"), 503, "not_ready")
+        error_of(client.get("/similar/ANY"), 503, "no_index")
+
+
+def test_api_keys_guard_every_route_but_health(env):
+    settings, factory = env
+    with session_scope(factory) as session:
+        reader = create_api_key(session, "reader", ["read"])
+        admin = create_api_key(session, "admin", ["read", "admin"])
+    secured = settings.model_copy(update={"require_api_key": True})
+    with TestClient(create_app(secured)) as client:
+        assert client.get("/health/live").status_code == 200
+        assert client.get("/health/ready").status_code == 200
+        error_of(client.get("/dates"), 401, "unauthorized")
+        error_of(client.get("/dates", headers={"X-API-Key": reader + "x"}), 401, "unauthorized")
+        assert client.get("/dates", headers={"X-API-Key": reader}).status_code == 200
+        error_of(client.post("/admin/reload", headers={"X-API-Key": reader}), 403, "forbidden")
+        assert client.post("/admin/reload", headers={"X-API-Key": admin}).status_code == 200
+
+
+def test_reload_swaps_to_the_new_active_version(env, deployment, panel):
+    settings, factory = env
+    with TestClient(create_app(settings)) as client:
+        before = client.get(f"/similar/{panel.tickers[0]}").json()
+        assert before["index_version"] == deployment.versions[0]
+        assert client.post("/admin/reload").json()["swapped"] is False
+        with session_scope(factory) as session:
+            store = IndexStore(deployment.home / "indexes")
+            register_index(session, store.open_version(deployment.versions[1]), activate=True)
+        reload = client.post("/admin/reload").json()
+        assert reload == {"swapped": True, "index_version": deployment.versions[1], "error": None}
+        after = client.get(f"/similar/{panel.tickers[0]}").json()
+        assert after["index_version"] == deployment.versions[1]
+        # the second version starts later: its first date is the new lower bound
+        error_of(
+            client.get(f"/similar/{panel.tickers[0]}", params={"date": "2010-10-15"}),
+            404,
+            "date_out_of_range",
+        )
+
+
+def test_openapi_documents_the_routes_with_examples(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/similar/{ticker}", "/similar", "/assets", "/assets/{ticker}", "/dates", "/health/ready"} <= set(
+        schema["paths"]
+    )
+    get = schema["paths"]["/similar/{ticker}"]["get"]
+    assert {"200", "404", "422"} <= set(get["responses"])
+    assert schema["components"]["schemas"]["SimilarResponse"]["examples"]
