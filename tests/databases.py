@@ -1,4 +1,4 @@
-"""Databases for the service tests: a real SQLite file and a real, freshly created PostgreSQL database."""
+"""Databases for the tests: a real SQLite file and a real, freshly created PostgreSQL database."""
 
 from __future__ import annotations
 
