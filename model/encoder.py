@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 WINSOR = 2.5  # z-score bound on the return skip path
 
 
