@@ -1,0 +1,59 @@
+"""`fascl reindex`: the nightly job that keeps the served index current."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fascl.settings import get_settings
+
+console = Console()
+
+
+def reindex(
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the active index's model)")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Panel directory (default: the active index's panel)")
+    ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(exists=True, help="Re-import these bars into the panel first (all or nothing)"),
+    ] = None,
+    keep_days: Annotated[
+        int | None, typer.Option(min=1, help="Index only the last N trading days (default: the active range)")
+    ] = None,
+    every_day_at: Annotated[
+        str | None, typer.Option(help="Run forever, once a day at this UTC time (HH:MM)")
+    ] = None,
+) -> None:
+    """Index the dates the active version lacks, publish atomically and make the new version active.
+
+    The service picks the new version up by polling SQL (FASCL_INDEX_POLL_SECONDS)."""
+    from fascl.reindex import next_run, run_reindex
+
+    settings = get_settings()
+    while True:
+        if every_day_at is not None:
+            try:
+                when = next_run(every_day_at)
+            except ValueError as exc:
+                console.print(f"[red]{exc}[/]")
+                raise typer.Exit(2) from None
+            console.print(f"next reindex at {when:%Y-%m-%d %H:%M} UTC")
+            time.sleep(max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds()))
+        outcome = run_reindex(
+            settings, model=model, data=data, source=source, keep_days=keep_days, console=console
+        )
+        colour = {"succeeded": "green", "up_to_date": "cyan"}.get(outcome.status, "red")
+        console.print(
+            f"[{colour}]reindex {outcome.status}[/]: {outcome.message} (version {outcome.index_version})"
+        )
+        if every_day_at is None:
+            if outcome.status == "failed":
+                raise typer.Exit(1)
+            return

@@ -1,0 +1,126 @@
+"""The nightly reindex job: bring new bars in, index the new dates, publish, flip the active version.
+
+It stands above the packages (market -> model -> index -> service) because it uses all of them:
+the panel importer, the index builder and the SQL store. Each run is recorded in `reindex_runs`;
+a failed run leaves the served version untouched (publishing is atomic and the active flag flips
+only after a verified publish).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from sqlalchemy import select
+
+from fascl.settings import Settings
+from index.build import build_version
+from index.store import IndexStore
+from market.panel import Panel
+from service.db import make_engine, session_factory, session_scope
+from service.models import IndexVersion, ReindexRun, utcnow
+from service.repository import active_index, load_assets, register_index
+
+
+@dataclass
+class ReindexOutcome:
+    status: str  # "succeeded" | "up_to_date" | "failed"
+    index_version: str | None
+    dates_added: int
+    message: str
+
+
+def _window_start(panel: Panel, first_kept: dt.date | None, keep_days: int | None) -> str:
+    """First date of the new version: the old version's first date, or the last `keep_days` trading days."""
+    if keep_days:
+        return str(panel.dates[max(0, panel.n_dates - keep_days)])
+    return str(first_kept) if first_kept else str(panel.dates[min(63, panel.n_dates - 1)])
+
+
+def run_reindex(
+    settings: Settings,
+    *,
+    model: Path | None = None,
+    data: Path | None = None,
+    source: Path | None = None,
+    keep_days: int | None = None,
+    console: Console | None = None,
+) -> ReindexOutcome:
+    """One reindex: optional re-import of `source` into the panel, then a new index version if there are new dates."""
+    console = console or Console()
+    engine = make_engine(settings.sqlalchemy_url)
+    factory = session_factory(engine)
+    with session_scope(factory) as session:
+        run = ReindexRun(status="running")
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    try:
+        outcome = _reindex(settings, factory, model, data, source, keep_days, console)
+    except Exception as exc:
+        outcome = ReindexOutcome("failed", None, 0, f"{exc.__class__.__name__}: {exc}")
+    with session_scope(factory) as session:
+        run = session.get(ReindexRun, run_id)
+        run.status, run.index_version = outcome.status, outcome.index_version
+        run.dates_added, run.message, run.finished_at = outcome.dates_added, outcome.message, utcnow()
+    engine.dispose()
+    return outcome
+
+
+def _reindex(settings, factory, model, data, source, keep_days, console) -> ReindexOutcome:
+    store = IndexStore(settings.indexes_dir, keep=settings.index_keep)
+    with factory() as session:
+        current = active_index(session)
+        current_path = Path(current.path) if current else None
+    old = store.open_version(current_path.name) if current_path and current_path.exists() else None
+
+    panel_path = data or (Path(old.manifest["data"]["source"]) if old else settings.panel_path())
+    if source is not None:
+        from market.importers import import_dataset
+
+        report = import_dataset(source, panel_path)  # all or nothing: a bad file raises, the panel stays
+        console.print(f"imported {report.rows_imported:,} rows from {source}")
+    panel = Panel.load(panel_path)
+    checkpoint = model or (Path(old.manifest["model"]["checkpoint"]) if old else None)
+    if checkpoint is None:
+        raise ValueError("no active index to take the model from; pass --model")
+
+    last_indexed = np.datetime64(old.manifest["dates"][-1]) if old else None
+    new_dates = int((panel.dates > last_indexed).sum()) if last_indexed is not None else panel.n_dates
+    same_model = old is not None and model is None
+    if same_model and new_dates == 0:
+        return ReindexOutcome("up_to_date", old.version, 0, f"no bars after {last_indexed}")
+
+    first_kept = dt.date.fromisoformat(old.manifest["dates"][0]) if old else None
+    start = _window_start(panel, first_kept, keep_days)
+    started = time.perf_counter()
+    result = build_version(
+        checkpoint, panel, start=start, store=store, data_source=str(panel_path), console=console
+    )
+    with session_scope(factory) as session:
+        load_assets(session, panel, panel_path.name)
+        register_index(session, store.open_version(result.version), activate=True)
+        retired = session.scalars(select(IndexVersion).where(IndexVersion.version.in_(result.pruned)))
+        for row in retired:
+            row.status = "retired"
+    message = (
+        f"indexed {result.n_dates} dates ({start} .. {result.last_date}) in {time.perf_counter() - started:.0f} s; "
+        f"{new_dates} new"
+    )
+    return ReindexOutcome("succeeded", result.version, new_dates, message)
+
+
+def next_run(at: str, now: dt.datetime | None = None) -> dt.datetime:
+    """The next UTC time of day `at` (HH:MM) after `now`."""
+    try:
+        hour, minute = (int(x) for x in at.split(":"))
+        dt.time(hour, minute)
+    except ValueError:
+        raise ValueError(f"time of day {at!r} is not HH:MM (00:00 .. 23:59)") from None
+    now = now or dt.datetime.now(dt.UTC)
+    candidate = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return candidate if candidate > now else candidate + dt.timedelta(days=1)

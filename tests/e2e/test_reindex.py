@@ -1,0 +1,79 @@
+"""The nightly reindex job: new bars in, a new active version out, every run recorded."""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.console import Console
+from sqlalchemy import select
+
+from fascl.reindex import next_run, run_reindex
+from fascl.settings import Settings
+from index.build import build_version
+from index.store import IndexStore
+from market.panel import Panel
+from service.db import make_engine, session_factory, session_scope, upgrade
+from service.models import ReindexRun
+from service.repository import active_index, register_index
+from tests.service.fixtures import make_deployment
+
+
+def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
+    deployment = make_deployment(tmp_path / "home", versions=0)
+    full = Panel.load(deployment.panel_path)
+    cut = full.dates[-11]
+    # Yesterday's panel: everything but the last 10 trading days; the live index covers it.
+    full.slice_dates(end=cut).save(deployment.panel_path)
+    store = IndexStore(deployment.home / "indexes")
+    first = build_version(
+        deployment.checkpoint,
+        Panel.load(deployment.panel_path),
+        start="2011-01-03",
+        store=store,
+        data_source=str(deployment.panel_path),
+        progress=False,
+    )
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    factory = session_factory(engine)
+    with session_scope(factory) as session:
+        register_index(session, store.open_version(first.version))
+    settings = Settings(home=deployment.home, database_url=database_url)
+    quiet = Console(quiet=True)
+
+    # Tonight's bars arrive as a long file; the job imports them, indexes the new dates and flips.
+    source = tmp_path / "bars.parquet"
+    full.to_long().to_parquet(source)
+    outcome = run_reindex(settings, source=source, console=quiet)
+    assert outcome.status == "succeeded", outcome.message
+    assert outcome.dates_added == 10
+    new = store.open_version(outcome.index_version)
+    assert new.manifest["dates"][0] == "2011-01-03" and new.manifest["dates"][-1] == str(full.dates[-1])
+    with factory() as session:
+        assert active_index(session).version == outcome.index_version
+
+    again = run_reindex(settings, console=quiet)
+    assert again.status == "up_to_date" and again.index_version == outcome.index_version
+
+    # A broken delivery fails the run and leaves the served version as it was.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,ticker,close\nnot-a-date,AAA,1\n")
+    failed = run_reindex(settings, source=bad, console=quiet)
+    assert failed.status == "failed" and "date" in failed.message
+    with factory() as session:
+        assert active_index(session).version == outcome.index_version
+        runs = session.scalars(select(ReindexRun).order_by(ReindexRun.id)).all()
+    assert [r.status for r in runs] == ["succeeded", "up_to_date", "failed"]
+    assert all(r.finished_at is not None for r in runs) and runs[0].dates_added == 10
+    engine.dispose()
+
+
+def test_next_run_is_the_next_occurrence_of_the_time_of_day():
+    now = pd.Timestamp("2024-03-05 01:30", tz="UTC").to_pydatetime()
+    assert next_run("02:00", now) == pd.Timestamp("2024-03-05 02:00", tz="UTC").to_pydatetime()
+    assert next_run("01:00", now) == pd.Timestamp("2024-03-06 01:00", tz="UTC").to_pydatetime()
+    try:
+        next_run("25:00", now)
+    except ValueError as exc:
+        assert "HH:MM" in str(exc)
+    else:
+        raise AssertionError("an impossible time of day was accepted")
