@@ -30,6 +30,8 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/hadolint --config .hadolint.yaml docker/Dockerfile docker/Dockerfile.gpu
 
 bench: $(STAMP)
 	$(BIN)/python bench/import_speed.py
