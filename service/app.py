@@ -1,6 +1,5 @@
 """The FastAPI application factory: settings, registry, error shape, metrics, API keys and the routes."""
 
-
 import asyncio
 import contextlib
 import datetime as dt

@@ -23,9 +23,31 @@ from index.store import IndexStore
 from market.panel import Panel, PanelError
 from service.models import Asset
 from service.repository import active_index, active_key_hashes
+from service.schemas import MAX_K
 
 log = logging.getLogger("fascl.service")
 META_FIELDS = ("name", "sector", "industry", "exchange")
+
+
+@dataclass(frozen=True)
+class HotTable:
+    """Every asset's top-MAX_K peers on the newest date, computed once per snapshot.
+
+    Most queries ask about the newest date without filters; for them the answer is a row lookup
+    instead of a search over every vector of the date (which would cost more than the rest of the
+    request together)."""
+
+    as_of: dt.date
+    row: np.ndarray  # asset id -> row in labels/scores, -1 where the asset has no vector that day
+    labels: np.ndarray  # (n, MAX_K) asset ids, best first, -1 padded
+    scores: np.ndarray  # (n, MAX_K)
+
+    @classmethod
+    def build(cls, reader: IndexReader, k: int) -> HotTable:
+        ids, labels, scores = reader.all_pairs(None, k=k)
+        row = np.full(len(reader.tickers), -1, dtype=np.int64)
+        row[ids] = np.arange(len(ids))
+        return cls(reader.last_date, row, labels, scores)
 
 
 @dataclass(frozen=True)
@@ -40,6 +62,7 @@ class Snapshot:
     close: np.ndarray | None = None
     close_position: dict[dt.date, int] = field(default_factory=dict)
     close_column: np.ndarray | None = None  # asset id -> panel column (-1: absent)
+    hot: HotTable | None = None
     loaded_at: float = 0.0
 
     @property
@@ -92,6 +115,7 @@ def build_snapshot(reader: IndexReader, session: Session | None, *, with_closes:
         close=close,
         close_position=positions,
         close_column=columns,
+        hot=HotTable.build(reader, MAX_K),
         loaded_at=time.time(),
     )
 

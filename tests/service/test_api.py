@@ -56,8 +56,7 @@ def brute_force(deployment, version, date, ticker, k):
     tickers = IndexStore(deployment.home / "indexes").open_version(version).assets()["ticker"].tolist()
     q = ids.tolist().index(tickers.index(ticker))
     scores = vectors @ vectors[q]
-    scores[q] = -np.inf
-    order = np.argsort(-scores)[:k]
+    order = [i for i in np.argsort(-scores, kind="stable") if i != q][:k]
     return [tickers[ids[i]] for i in order], scores[order]
 
 
@@ -82,6 +81,19 @@ def test_similar_matches_brute_force_and_never_returns_the_query(client, deploym
     np.testing.assert_allclose([r["score"] for r in body["results"]], scores, atol=1e-5)
     assert ticker not in tickers
     assert [r["rank"] for r in body["results"]] == list(range(1, 8))
+
+
+def test_newest_date_answers_from_the_precomputed_table_equal_a_search(client, deployment, panel):
+    newest = str(panel.dates[-1])
+    for ticker in panel.tickers[:6]:
+        for params in ({"k": 100}, {"k": 3, "date": newest}, {"k": 5, "date": "2031-01-01"}):
+            body = client.get(f"/similar/{ticker}", params=params).json()
+            assert body["query"]["as_of"] == newest
+            expected, scores = brute_force(deployment, deployment.versions[0], newest, ticker, params["k"])
+            assert [r["ticker"] for r in body["results"]] == expected[: params["k"]]
+            np.testing.assert_allclose([r["score"] for r in body["results"]], scores, atol=1e-5)
+    cut = client.get(f"/similar/{panel.tickers[0]}", params={"k": 50, "min_score": 0.5}).json()["results"]
+    assert all(r["score"] >= 0.5 for r in cut)
 
 
 def test_metadata_comes_from_the_sql_store(env, deployment, panel):

@@ -1,0 +1,260 @@
+"""Load test of GET /similar against a real uvicorn server, beside the framework's floor.
+
+Builds (once, under --home) a synthetic market of --assets assets, a checkpoint and an index of the
+last few dates; starts `fascl serve` pinned to one core; drives it with wrk (Debian package `wrk`)
+pinned to the other core over 32 keep-alive connections, random tickers, a fixed request count after
+a warm-up. In the same run it measures the floor: a bare async FastAPI endpoint under the same
+uvicorn settings that returns a canned body of the same size. Prints throughput, p50 and p99 of
+both and the ratio.
+
+    .venv/bin/python bench/query_load.py [--assets 5000] [--requests 50000] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+console = Console()
+
+LUA = """
+local paths = {}
+local done_count = 0
+local limit = %(limit)d
+for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+response = function(status, headers, body)
+  done_count = done_count + 1
+  if done_count >= limit then wrk.thread:stop() end
+end
+done = function(summary, latency, requests)
+  io.write(string.format('{"requests": %%d, "seconds": %%f, "errors": %%d, "non2xx": %%d, "p50": %%f, "p99": %%f}\\n',
+    summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
+end
+"""
+
+FLOOR_APP = """
+from fastapi import FastAPI
+from starlette.responses import Response
+
+BODY = open({body!r}, "rb").read()
+app = FastAPI()
+
+
+@app.get("/similar/{{ticker}}")
+async def similar(ticker: str) -> Response:
+    return Response(BODY, media_type="application/json")
+"""
+
+
+def prepare(home: Path, assets: int) -> None:
+    """Synthetic market, a (briefly trained) small checkpoint and an index of the last dates."""
+    from rich.console import Console as QuietConsole
+
+    from index.build import build_version
+    from index.store import IndexStore
+    from market.synthetic import generate, save_synthetic
+    from model.train import preset_config, train
+    from service.db import make_engine, session_factory, session_scope, upgrade
+    from service.repository import load_assets, register_index
+
+    if (home / "ready").exists():
+        return
+    shutil.rmtree(home, ignore_errors=True)
+    console.print(f"preparing {assets} assets under {home} (once)")
+    market = generate(n_assets=assets, years=1.5, seed=0)
+    panel_path = save_synthetic(market, home / "market" / "synthetic")
+    config = preset_config(
+        "small",
+        epochs=1,
+        steps_per_epoch=2,
+        warmup_epochs=0,
+        batch_size=256,
+        valid_start="2010-11-01",
+        test_start="2011-03-01",
+        max_valid_assets=256,
+    )
+    train(market.panel, config, home / "models" / "bench", resume=False, console=QuietConsole(quiet=True))
+    store = IndexStore(home / "indexes")
+    result = build_version(
+        home / "models" / "bench" / "best.pt",
+        market.panel,
+        start=str(market.panel.dates[-5]),
+        store=store,
+        data_source=str(panel_path),
+        progress=True,
+    )
+    url = f"sqlite:///{home / 'fascl.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with session_scope(session_factory(engine)) as session:
+        load_assets(session, market.panel, "synthetic")
+        register_index(session, store.open_version(result.version))
+    engine.dispose()
+    (home / "ready").write_text(result.version)
+
+
+def wait_ready(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server not ready at {url}")
+
+
+def drive(port: int, paths_file: Path, count: int, connections: int, work: Path) -> dict:
+    script = work / f"drive_{count}.lua"
+    script.write_text(LUA % {"limit": count, "paths": paths_file})
+    # One wrk thread on the second core; the request limit is counted per thread.
+    started = time.perf_counter()
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            "-d120s",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = [x for x in out.splitlines() if x.startswith("{")][-1]
+    result = json.loads(line)
+    # wrk reports the configured duration, not when the request limit stopped it: time it here.
+    result["seconds"] = time.perf_counter() - started
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def serve(cmd: list[str], env: dict, port: int, ready_path: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        ["taskset", "-c", "0", *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_ready(f"http://127.0.0.1:{port}{ready_path}", process)
+    return process
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=int, default=5000)
+    parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--warmup", type=int, default=5_000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "fascl-bench-query-load")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        raise SystemExit("this benchmark needs wrk and taskset: apt-get install wrk util-linux")
+
+    prepare(args.home, args.assets)
+    work = Path(tempfile.mkdtemp(prefix="fascl-load-"))
+    env = {
+        **os.environ,
+        "FASCL_HOME": str(args.home),
+        "FASCL_OMP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "FASCL_DATABASE_URL": f"sqlite:///{args.home / 'fascl.db'}",
+    }
+    env.pop("FASCL_REQUIRE_API_KEY", None)
+
+    port = 18431
+    server = serve(
+        [sys.executable, "-m", "fascl.cli.main", "serve", "--port", str(port), "--log-level", "warning"],
+        env,
+        port,
+        "/health/ready",
+    )
+    try:
+        tickers = [
+            a["ticker"]
+            for a in httpx.get(f"http://127.0.0.1:{port}/assets", params={"limit": 500}).json()["items"]
+        ]
+        rng = random.Random(0)
+        paths = [f"/similar/{rng.choice(tickers)}?k=10" for _ in range(10_000)]
+        paths_file = work / "paths.txt"
+        paths_file.write_text("\n".join(paths) + "\n")
+        body = httpx.get(f"http://127.0.0.1:{port}{paths[0]}").content
+        drive(port, paths_file, args.warmup, args.connections, work)
+        service = drive(port, paths_file, args.requests, args.connections, work)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+    (work / "body.json").write_bytes(body)
+    (work / "floor_app.py").write_text(textwrap.dedent(FLOOR_APP.format(body=str(work / "body.json"))))
+    floor_port = port + 1
+    floor = serve(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "floor_app:app",
+            "--port",
+            str(floor_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--app-dir",
+            str(work),
+        ],
+        env,
+        floor_port,
+        paths[0],
+    )
+    try:
+        drive(floor_port, paths_file, args.warmup, args.connections, work)
+        baseline = drive(floor_port, paths_file, args.requests, args.connections, work)
+    finally:
+        floor.terminate()
+        floor.wait(timeout=20)
+
+    table = Table(
+        title=f"GET /similar, {args.assets:,} assets, {args.connections} connections, "
+        f"{args.requests:,} requests, body {len(body)} bytes (server core 0, wrk core 1)"
+    )
+    for column in ("server", "requests/s", "p50 ms", "p99 ms", "errors"):
+        table.add_column(column, justify="right")
+    for name, r in (("FASCL service", service), ("floor: canned async endpoint", baseline)):
+        table.add_row(
+            name, f"{r['rps']:,.0f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}", str(r["errors"] + r["non2xx"])
+        )
+    console.print(table)
+    ratio = service["rps"] / baseline["rps"]
+    verdict = "PASS" if ratio >= 0.7 and service["p99"] < 10 else "FAIL"
+    console.print(
+        f"throughput ratio service/floor = {ratio:.2f} (target >= 0.70); "
+        f"p99 {service['p99']:.2f} ms (target < 10 ms): {verdict}"
+    )
+
+
+if __name__ == "__main__":
+    main()
