@@ -2,12 +2,12 @@
 
 Builds (once, under --home) a synthetic market of --assets assets, a checkpoint and an index of the
 last few dates; starts `fascl serve` pinned to one core; drives it with wrk (Debian package `wrk`)
-pinned to the other core over 32 keep-alive connections, random tickers, a fixed request count after
-a warm-up. In the same run it measures the floor: a bare async FastAPI endpoint under the same
+pinned to the other core over 32 keep-alive connections, random tickers, a fixed duration after a warm-up
+(wrk has no request limit that ends its run). In the same run it measures the floor: a bare async FastAPI endpoint under the same
 uvicorn settings that returns a canned body of the same size. Prints throughput, p50 and p99 of
 both and the ratio.
 
-    .venv/bin/python bench/query_load.py [--assets 5000] [--requests 50000] [--connections 32]
+    .venv/bin/python bench/query_load.py [--assets 5000] [--seconds 10] [--connections 32]
 """
 
 from __future__ import annotations
@@ -33,15 +33,9 @@ console = Console()
 
 LUA = """
 local paths = {}
-local done_count = 0
-local limit = %(limit)d
 for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
 request = function()
   return wrk.format("GET", paths[math.random(#paths)])
-end
-response = function(status, headers, body)
-  done_count = done_count + 1
-  if done_count >= limit then wrk.thread:stop() end
 end
 done = function(summary, latency, requests)
   io.write(string.format('{"requests": %%d, "seconds": %%f, "errors": %%d, "non2xx": %%d, "p50": %%f, "p99": %%f}\\n',
@@ -50,6 +44,7 @@ done = function(summary, latency, requests)
     summary.errors.status, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
 end
 """
+
 
 FLOOR_APP = """
 from fastapi import FastAPI
@@ -126,32 +121,15 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
     raise SystemExit(f"server not ready at {url}")
 
 
-def drive(port: int, paths_file: Path, count: int, connections: int, work: Path) -> dict:
-    script = work / f"drive_{count}.lua"
-    script.write_text(LUA % {"limit": count, "paths": paths_file})
-    # One wrk thread on the second core; the request limit is counted per thread.
-    started = time.perf_counter()
+def drive(port: int, paths_file: Path, seconds: int, connections: int, work: Path) -> dict:
+    """One wrk run of `seconds` over `connections` keep-alive connections, pinned to the second core."""
+    script = work / "drive.lua"
+    script.write_text(LUA % {"paths": paths_file})
+    command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script)]
     out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            "-d120s",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+        [*command, f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True
     ).stdout
-    line = [x for x in out.splitlines() if x.startswith("{")][-1]
-    result = json.loads(line)
-    # wrk reports the configured duration, not when the request limit stopped it: time it here.
-    result["seconds"] = time.perf_counter() - started
+    result = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
     result["rps"] = result["requests"] / result["seconds"]
     return result
 
@@ -167,8 +145,8 @@ def serve(cmd: list[str], env: dict, port: int, ready_path: str) -> subprocess.P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", type=int, default=5000)
-    parser.add_argument("--requests", type=int, default=50_000)
-    parser.add_argument("--warmup", type=int, default=5_000)
+    parser.add_argument("--seconds", type=int, default=10, help="measured run per server")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per server")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "fascl-bench-query-load")
     args = parser.parse_args()
@@ -204,7 +182,7 @@ def main() -> None:
         paths_file.write_text("\n".join(paths) + "\n")
         body = httpx.get(f"http://127.0.0.1:{port}{paths[0]}").content
         drive(port, paths_file, args.warmup, args.connections, work)
-        service = drive(port, paths_file, args.requests, args.connections, work)
+        service = drive(port, paths_file, args.seconds, args.connections, work)
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -232,14 +210,14 @@ def main() -> None:
     )
     try:
         drive(floor_port, paths_file, args.warmup, args.connections, work)
-        baseline = drive(floor_port, paths_file, args.requests, args.connections, work)
+        baseline = drive(floor_port, paths_file, args.seconds, args.connections, work)
     finally:
         floor.terminate()
         floor.wait(timeout=20)
 
     table = Table(
         title=f"GET /similar, {args.assets:,} assets, {args.connections} connections, "
-        f"{args.requests:,} requests, body {len(body)} bytes (server core 0, wrk core 1)"
+        f"{args.seconds} s per run after {args.warmup} s warm-up, body {len(body)} bytes (server core 0, wrk core 1)"
     )
     for column in ("server", "requests/s", "p50 ms", "p99 ms", "errors"):
         table.add_column(column, justify="right")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,6 +57,7 @@ class Snapshot:
     index_version: str
     model_version: str
     meta: list[dict]  # per asset id: ticker, name, sector, industry, exchange
+    meta_json: list[bytes]  # the same, serialised once: the inside of a JSON object
     first_last: list[tuple[str | None, str | None]]  # per asset id: first and last indexed dates
     dates_iso: list[str]
     # For include_realized: the panel's closes and the position of each indexed date in them.
@@ -105,11 +107,13 @@ def build_snapshot(reader: IndexReader, session: Session | None, *, with_closes:
 
     close, positions, columns = _closes(reader) if with_closes else (None, {}, None)
     records = reader.asset_records()
+    meta = _metadata(reader, session)
     return Snapshot(
         reader=reader,
         index_version=reader.version,
         model_version=reader.model_version,
-        meta=_metadata(reader, session),
+        meta=meta,
+        meta_json=[orjson.dumps(row)[1:-1] for row in meta],
         first_last=[(r.get("first_date"), r.get("last_date")) for r in records],
         dates_iso=[d.isoformat() for d in reader.dates],
         close=close,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import orjson
 
 from index.errors import (
     DateOutOfRange,
@@ -133,17 +134,27 @@ def _from_hot_table(snapshot, hot, ticker, requested, k, min_score, include_real
 
 
 def _payload(snapshot, aid: int, requested, as_of: dt.date, peers: list[tuple[int, float]], include_realized):
-    meta = snapshot.meta
+    """The response as a dict whose result rows are pre-serialised JSON (orjson.Fragment).
+
+    Each row joins the asset's metadata JSON, serialised once per snapshot, with its rank and
+    score: building and serialising a dict per peer was the largest cost left in a request."""
+    fragments = snapshot.meta_json
     realized = (
         realized_correlations(snapshot, as_of, aid, [a for a, _ in peers]) if include_realized else None
     )
     results = []
     for rank, (peer, score) in enumerate(peers, 1):
-        row = {"rank": rank, **meta[peer], "score": round(score, 6)}
-        if include_realized:
-            row["realized_correlation"] = realized[rank - 1]
-        results.append(row)
-    query_meta = meta[aid]
+        tail = (
+            b"}"
+            if realized is None
+            else b',"realized_correlation":' + orjson.dumps(realized[rank - 1]) + b"}"
+        )
+        results.append(
+            orjson.Fragment(
+                b'{"rank":%d,%s,"score":%s%s' % (rank, fragments[peer], repr(round(score, 6)).encode(), tail)
+            )
+        )
+    query_meta = snapshot.meta[aid]
     return {
         "query": {
             "ticker": query_meta["ticker"],
