@@ -13,14 +13,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The whole product on the embedded synthetic market: bars, a model, an index, the service.
 demo: $(STAMP)
 	$(BIN)/fascl data synth --assets 500 --years 10 --seed 0
 	$(BIN)/fascl data info
+	$(BIN)/fascl train --minutes 4
+	$(BIN)/fascl db upgrade
+	$(BIN)/fascl db load-assets
+	$(BIN)/fascl index build --model $(FASCL_HOME)/models/synthetic-small --from 2019-01-01
 	@echo
-	@echo "Next, try:"
-	@echo "  $(BIN)/fascl data info --raw"
-	@echo "  $(BIN)/fascl data import ../shared/data/stocknet/ohlcv.parquet --name stocknet --assets ../shared/data/stocknet/assets.csv"
-	@echo "  $(BIN)/fascl data info --name stocknet"
+	@echo "Serving on http://127.0.0.1:8000 (Ctrl-C stops). In another shell, try:"
+	@echo "  curl -s 'localhost:8000/similar/ABAG?k=5' | python3 -m json.tool"
+	@echo "  curl -s 'localhost:8000/similar/ABAG?date=2019-05-03&k=5&include_realized=true'"
+	@echo "  curl -s 'localhost:8000/assets?q=ab'"
+	@echo "  open http://127.0.0.1:8000/docs"
+	@echo "  $(BIN)/fascl evaluate --model $(FASCL_HOME)/models/synthetic-small --out reports/synthetic"
+	@echo
+	$(BIN)/fascl serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -35,6 +44,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/import_speed.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/index_speed.py
+	$(BIN)/python bench/query_load.py
 
 clean:
 	rm -rf $(VENV) var reports .pytest_cache

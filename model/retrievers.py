@@ -118,6 +118,21 @@ class PearsonRetriever:
 
 
 @dataclass
+class WinsorizedPearsonRetriever:
+    """Pearson on returns z-scored in the window and clipped at +-2.5 sd: the robust retriever the
+    `small` encoder's return skip starts from, so a report shows what training added beyond it."""
+
+    name: str = "pearson_w"
+    bound: float = 2.5
+
+    def scores(self, ctx, t, assets):
+        r = historical_returns(ctx.close, t, assets, ctx.window)
+        std = r.std(axis=1, keepdims=True)
+        z = (r - r.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+        return pearson_matrix(np.clip(z, -self.bound, self.bound))
+
+
+@dataclass
 class SectorRetriever:
     """Peers drawn at random from the query's sector, then at random from the rest when the sector
     has too few members (or the query's sector is unknown)."""
@@ -251,6 +266,7 @@ BASELINES: dict[str, type] = {
     "random": RandomRetriever,
     "oracle": OracleRetriever,
     "pearson": PearsonRetriever,
+    "pearson_w": WinsorizedPearsonRetriever,
     "sector": SectorRetriever,
     "pca": PCARetriever,
     "window": WindowRetriever,

@@ -360,3 +360,24 @@ def test_context_reuses_a_wider_cube_for_a_prefix_channel_set(market):
     assert narrow.series.data_ptr() == wide.series.data_ptr()  # a view, no second copy
     assert torch.equal(narrow.series, build_cube(market.panel, "ohlcva").series)
     assert narrow.windows(100, np.arange(5)).shape == (5, 6, 64)
+
+
+def test_winsorized_pearson_clips_only_the_outlying_days():
+    from market.synthetic import generate
+    from model.retrievers import EvalContext, PearsonRetriever, WinsorizedPearsonRetriever
+
+    panel = generate(n_assets=12, years=1, seed=5).panel
+    ctx = EvalContext(panel)
+    t, assets = 100, np.arange(12)
+    plain = PearsonRetriever().scores(ctx, t, assets)
+    # A bound no z-score reaches leaves Pearson unchanged; the default bound changes it.
+    np.testing.assert_allclose(
+        WinsorizedPearsonRetriever(bound=100).scores(ctx, t, assets), plain, atol=1e-12
+    )
+    panel.values[3, t - 10, 0] *= 1.8  # one fat-tailed day for asset 0 (and its reversal the next day)
+    spiked = PearsonRetriever().scores(ctx, t, assets)
+    robust = WinsorizedPearsonRetriever().scores(ctx, t, assets)
+    clean = WinsorizedPearsonRetriever().scores(
+        EvalContext(generate(n_assets=12, years=1, seed=5).panel), t, assets
+    )
+    assert np.abs(robust[0] - clean[0]).sum() < np.abs(spiked[0] - plain[0]).sum()
