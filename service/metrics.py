@@ -41,10 +41,11 @@ class ServiceMetrics:
 
 
 class MetricsMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware): it adds about a microsecond per request, not a task switch."""
+    """Pure ASGI (no BaseHTTPMiddleware): it adds a few microseconds per request, not a task switch."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app, self.metrics = app, metrics
+        self._children: dict[tuple, object] = {}  # labels() builds a key and takes a lock on every call
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,8 +63,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.metrics.latency.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - started
-            )
+            key = (scope["method"], getattr(scope.get("route"), "path", "unmatched"), status)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.metrics.latency.labels(key[0], key[1], str(status))
+            child.observe(time.perf_counter() - started)

@@ -134,7 +134,7 @@ def _from_hot_table(snapshot, hot, ticker, requested, k, min_score, include_real
 
 
 def _payload(snapshot, aid: int, requested, as_of: dt.date, peers: list[tuple[int, float]], include_realized):
-    """The response as a dict whose result rows are pre-serialised JSON (orjson.Fragment).
+    """The response as a dict whose result list is pre-serialised JSON (orjson.Fragment).
 
     Each row joins the asset's metadata JSON, serialised once per snapshot, with its rank and
     score: building and serialising a dict per peer was the largest cost left in a request."""
@@ -142,18 +142,15 @@ def _payload(snapshot, aid: int, requested, as_of: dt.date, peers: list[tuple[in
     realized = (
         realized_correlations(snapshot, as_of, aid, [a for a, _ in peers]) if include_realized else None
     )
-    results = []
+    rows = []
     for rank, (peer, score) in enumerate(peers, 1):
         tail = (
             b"}"
             if realized is None
             else b',"realized_correlation":' + orjson.dumps(realized[rank - 1]) + b"}"
         )
-        results.append(
-            orjson.Fragment(
-                b'{"rank":%d,%s,"score":%s%s' % (rank, fragments[peer], repr(round(score, 6)).encode(), tail)
-            )
-        )
+        rows.append(b'{"rank":%d,%s,"score":%.6f%s' % (rank, fragments[peer], score, tail))
+    results = orjson.Fragment(b"[" + b",".join(rows) + b"]")
     query_meta = snapshot.meta[aid]
     return {
         "query": {
