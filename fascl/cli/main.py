@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fascl.cli import data, db, train
+from fascl.cli import data, db, evaluate, index, reindex, serve, train
 
 app = typer.Typer(
     help="FASCL asset retrieval: import bars, train embeddings, index them, serve similar-asset queries.",
@@ -13,8 +13,12 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
+app.add_typer(index.app, name="index")
+app.command("evaluate")(evaluate.evaluate)
 app.add_typer(db.app, name="db")
 app.add_typer(db.keys_app, name="keys")
+app.command("serve")(serve.serve)
+app.command("reindex")(reindex.reindex)
 
 
 if __name__ == "__main__":

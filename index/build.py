@@ -1,0 +1,279 @@
+"""`build_version`: export embeddings for a date range, index each date, publish a version.
+
+The build is resumable: each finished date is durable in the staging directory
+(indexes/.staging/<model version>-<spec hash>/) before the next begins, and a rerun with the same
+checkpoint, data, range and index kind embeds only the dates not yet done. Nothing is visible under
+indexes/ until every date is done and the version is renamed into place (index/store.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from index import ann
+from index.embed import iter_embeddings, load_model, spec_key
+from index.store import IndexStore, IndexVersion, utcnow_iso
+from market.panel import Panel
+from model.features import build_cube
+
+# Finished dates are made durable (fsynced and recorded in the staging progress file) at least this
+# often: an interrupted build loses at most this much work, and fsyncs are batched.
+COMMIT_SECONDS = 5.0
+
+
+@dataclass
+class BuildResult:
+    version: str
+    path: Path
+    model_version: str
+    first_date: str
+    last_date: str
+    n_dates: int
+    vectors: int
+    dim: int
+    embedded_dates: int  # by this run
+    resumed_dates: int  # found done in the staging directory
+    seconds: float
+    disk_bytes: int
+    device: str
+    kinds: list[str]
+    pruned: list[str]
+
+
+def _day(value) -> np.datetime64 | None:
+    return None if value is None else np.datetime64(pd.Timestamp(value).date(), "D")
+
+
+def date_positions(dates: np.ndarray, eligible: np.ndarray, start=None, end=None) -> np.ndarray:
+    """Positions of the dates in [start, end] that have at least one complete window."""
+    lo = 0 if start is None else int(np.searchsorted(dates, _day(start)))
+    hi = len(dates) if end is None else int(np.searchsorted(dates, _day(end), side="right"))
+    pos = np.arange(lo, hi)
+    return pos[eligible[lo:hi].any(axis=1)]
+
+
+def ticker_table(panel: Panel, eligible: np.ndarray, positions: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The version's ticker table (assets with a vector on some date of the build) and the map
+    panel column -> asset id (-1 for assets never indexed)."""
+    sub = eligible[positions]
+    cols = np.flatnonzero(sub.any(axis=0))
+    asset_of_col = np.full(panel.n_assets, -1, dtype=np.int64)
+    asset_of_col[cols] = np.arange(len(cols))
+    covered = sub[:, cols]
+    first = positions[covered.argmax(axis=0)]
+    last = positions[len(positions) - 1 - covered[::-1].argmax(axis=0)]
+    meta = panel.assets.iloc[cols]
+    table = {
+        name: [str(v) for v in meta[name]] for name in ("ticker", "name", "sector", "industry", "exchange")
+    }
+    table["first_date"] = [str(d) for d in panel.dates[first]]
+    table["last_date"] = [str(d) for d in panel.dates[last]]
+    table["n_dates"] = [int(n) for n in covered.sum(axis=0)]
+    return table, asset_of_col
+
+
+def build_version(
+    checkpoint: str | Path,
+    panel: Panel,
+    *,
+    start=None,
+    end=None,
+    store: IndexStore | None = None,
+    keep: int | None = None,
+    index_kind: str = "auto",
+    params: ann.AnnParams | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    data_source: str | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+    on_date: Callable[[str, int], None] | None = None,
+) -> BuildResult:
+    """Embed, index and publish the dates of `panel` in [start, end] with `checkpoint`.
+
+    `panel` must hold the 63 trading days before `start` for the first dates to have windows.
+    `on_date(date, done_so_far)` is called after each date is durable (progress hooks; tests use it
+    to interrupt a build). `keep` (default: the store's, FASCL_INDEX_KEEP) versions are kept."""
+    started = time.perf_counter()
+    params = params or ann.AnnParams()
+    console = console or Console(quiet=not progress)
+    store = store or IndexStore()
+    if keep is not None:
+        store.keep = keep
+    faiss_threads = ann.set_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model, info = load_model(checkpoint, device)
+    device = next(model.parameters()).device
+    batch_size = batch_size or (4096 if device.type == "cuda" else 1024)
+    use_gpu = ann.gpu_count() > 0
+
+    cube = build_cube(panel, info.channels, window=info.window)
+    positions = date_positions(panel.dates, cube.eligible, start, end)
+    if len(positions) == 0:
+        raise ValueError(
+            f"no date in [{start or panel.dates[0]}, {end or panel.dates[-1]}] has an asset with "
+            f"{info.window} days of history in this panel"
+        )
+    tickers, asset_of_col = ticker_table(panel, cube.eligible, positions)
+    day = [str(d) for d in panel.dates[positions]]
+    spec = {
+        "checkpoint_sha256": info.sha256,
+        "data_fingerprint": panel.fingerprint(),
+        "first_date": day[0],
+        "last_date": day[-1],
+        "n_dates": len(day),
+        "index_kind": index_kind,
+        "params": params.to_dict(),
+        "tickers_sha256": hashlib.sha256("\n".join(tickers["ticker"]).encode()).hexdigest(),
+    }
+    staging = store.staging(f"{info.version}-{spec_key(spec)}", spec)
+    records = {d: r for d, r in staging.done().items() if d in set(day)}
+    todo = [int(p) for p, d in zip(positions, day, strict=True) if d not in records]
+    resumed = len(records)
+    if resumed:
+        console.print(f"resuming {staging.path}: {resumed} of {len(day)} dates already done")
+    columns = (
+        TextColumn("[bold]embed+index"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("dates {task.fields[vectors]:,} vectors"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("export", total=len(todo), vectors=0)
+        vectors_done, last_commit = 0, time.monotonic()
+        try:
+            for pos, cols, vectors in iter_embeddings(
+                model, cube, todo, batch_size=batch_size, device=device
+            ):
+                ids = asset_of_col[cols]
+                kind = ann.choose_kind(len(ids), index_kind, gpu=use_gpu)
+                index = ann.build_index(vectors, ids, kind, params=params, use_gpu=use_gpu)
+                date = str(panel.dates[pos])
+                records[date] = staging.write_date(date, vectors, ids, faiss.serialize_index(index), kind)
+                vectors_done += len(ids)
+                bar.update(task, advance=1, vectors=vectors_done)
+                if time.monotonic() - last_commit > COMMIT_SECONDS:
+                    staging.commit()
+                    last_commit = time.monotonic()
+                if on_date is not None:
+                    on_date(date, len(records))
+        except BaseException:
+            staging.commit()  # what was fully written survives an interruption
+            staging.close()
+            raise
+
+    manifest = {
+        "version": store.new_version_name(info.version),
+        "created": utcnow_iso(),
+        "model": info.to_manifest(),
+        "data": {
+            "source": data_source,
+            "fingerprint": spec["data_fingerprint"],
+            "panel_first_date": str(panel.dates[0]),
+            "panel_last_date": str(panel.dates[-1]),
+            "panel_assets": int(panel.n_assets),
+        },
+        "index": {
+            "requested_kind": index_kind,
+            "metric": "inner_product",
+            "params": params.to_dict(),
+            "faiss_version": faiss.__version__,
+            "built_with": "faiss-gpu" if use_gpu else "faiss-cpu",
+            "omp_threads": faiss_threads,
+        },
+        "dim": info.dim,
+        "tickers": tickers,
+        "build": {
+            "device": str(device),
+            "batch_size": batch_size,
+            "embedded_dates": len(todo),
+            "resumed_dates": resumed,
+            "seconds": round(time.perf_counter() - started, 3),
+            "host_time": dt.datetime.now().isoformat(timespec="seconds"),
+        },
+    }
+    try:
+        published = store.publish(staging, manifest, records)
+    finally:
+        staging.close()
+    return BuildResult(
+        version=published.version,
+        path=published.path,
+        model_version=info.version,
+        first_date=day[0],
+        last_date=day[-1],
+        n_dates=len(day),
+        vectors=int(published.counts.sum()),
+        dim=info.dim,
+        embedded_dates=len(todo),
+        resumed_dates=resumed,
+        seconds=time.perf_counter() - started,
+        disk_bytes=store.disk_bytes(published.version),
+        device=str(device),
+        kinds=sorted(set(published.kinds)),
+        pruned=list(store.last_pruned),
+    )
+
+
+def publish_arrays(
+    store: IndexStore,
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]],
+    tickers: dict[str, list],
+    *,
+    model: dict,
+    index_kind: str = "auto",
+    params: ann.AnnParams | None = None,
+    data: dict | None = None,
+) -> IndexVersion:
+    """Publish precomputed vectors as a version (benchmarks, imports): `arrays` maps YYYY-MM-DD to
+    (asset ids, float32 L2-normalised vectors); `tickers` is the columnar ticker table (ticker, name,
+    sector, industry, exchange, first_date, last_date, n_dates); `model` needs at least "version".
+    Returns the published IndexVersion."""
+    params = params or ann.AnnParams()
+    dims = {v.shape[1] for _, v in arrays.values()}
+    if len(dims) != 1:
+        raise ValueError(f"all dates must share one dimension, found {sorted(dims)}")
+    spec = {"arrays": hashlib.sha256(repr(sorted(arrays)).encode()).hexdigest(), "at": utcnow_iso()}
+    staging = store.staging(f"{model['version']}-{spec_key(spec)}", spec)
+    records = {}
+    for date, (ids, vectors) in sorted(arrays.items()):
+        kind = ann.choose_kind(len(ids), index_kind, gpu=ann.gpu_count() > 0)
+        index = ann.build_index(vectors, ids, kind, params=params)
+        records[date] = staging.write_date(date, vectors, ids, faiss.serialize_index(index), kind)
+    manifest = {
+        "version": store.new_version_name(model["version"]),
+        "created": utcnow_iso(),
+        "model": model,
+        "data": data or {},
+        "index": {"requested_kind": index_kind, "metric": "inner_product", "params": params.to_dict()},
+        "dim": dims.pop(),
+        "tickers": tickers,
+        "build": {},
+    }
+    try:
+        return store.publish(staging, manifest, records)
+    finally:
+        staging.close()

@@ -1,0 +1,132 @@
+"""Embedding export: a checkpoint's encoder applied to every eligible asset window of a date range.
+
+Windows of consecutive dates are packed into batches of about `batch_size` rows (a date of 60 assets
+would leave a forward pass mostly empty), run under `torch.inference_mode` on the GPU when torch sees
+one, and split back per date. Vectors leave as float32 and are re-normalised in float32, so a stored
+vector's inner product with itself is 1 to float precision whatever device produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from index.store import sha256_file
+from model.checkpoint import CheckpointError, load_encoder
+from model.features import FeatureCube
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file: `path` itself, or `path`/best.pt for a model directory."""
+    path = Path(path)
+    file = path / "best.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(f"no checkpoint at {file}; train one with `fascl train`")
+    return file
+
+
+@dataclass
+class ModelInfo:
+    checkpoint: Path
+    name: str  # the model directory's name
+    sha256: str
+    dim: int
+    channels: str
+    window: int
+    meta: dict
+
+    @property
+    def version(self) -> str:
+        """The model version id: `<model dir name>-<first 8 hex of the checkpoint sha256>`."""
+        return f"{self.name}-{self.sha256[:8]}"
+
+    def to_manifest(self) -> dict:
+        return {
+            "version": self.version,
+            "name": self.name,
+            "checkpoint": str(self.checkpoint.resolve()),
+            "checkpoint_sha256": self.sha256,
+            "dim": self.dim,
+            "channels": self.channels,
+            "window": self.window,
+            "encoder_config": self.meta.get("encoder_config", {}),
+            "train_data": self.meta.get("data", {}),
+            "splits": self.meta.get("splits", {}),
+            "best_valid_frc": self.meta.get("best_valid_frc"),
+        }
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device | None = None):
+    """(encoder in eval mode on `device`, ModelInfo) of a checkpoint file or model directory."""
+    file = checkpoint_file(checkpoint)
+    device = torch.device(device) if device is not None else default_device()
+    model, meta = load_encoder(file, device=device)
+    channels = meta.get("train_config", {}).get("channels", "ohlcva")
+    info = ModelInfo(
+        checkpoint=file,
+        name=file.parent.name,
+        sha256=sha256_file(file),
+        dim=int(model.dim),
+        channels=channels,
+        window=int(model.config.window),
+        meta=meta,
+    )
+    return model, info
+
+
+def iter_embeddings(
+    model: torch.nn.Module,
+    cube: FeatureCube,
+    positions: Iterable[int],
+    *,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield (date position, asset columns, vectors float32 (n, d)) for each position with eligible assets.
+
+    Dates come out in the order given; several small dates share a forward pass."""
+    device = device or next(model.parameters()).device
+    group: list[tuple[int, np.ndarray]] = []
+    rows = 0
+    for pos in positions:
+        cols = cube.eligible_assets(pos)
+        if len(cols) == 0:
+            continue
+        group.append((pos, cols))
+        rows += len(cols)
+        if rows >= batch_size:
+            yield from _forward(model, cube, group, batch_size, device)
+            group, rows = [], 0
+    if group:
+        yield from _forward(model, cube, group, batch_size, device)
+
+
+def _forward(model, cube, group, batch_size, device):
+    x = torch.cat([cube.windows(pos, cols) for pos, cols in group])
+    parts = []
+    with torch.inference_mode():
+        for lo in range(0, len(x), batch_size):
+            chunk = x[lo : lo + batch_size].to(device, non_blocking=True)
+            parts.append(model(chunk).float().cpu())
+    vectors = torch.cat(parts).numpy()
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    start = 0
+    for pos, cols in group:
+        yield pos, cols, vectors[start : start + len(cols)]
+        start += len(cols)
+
+
+def spec_key(spec: dict) -> str:
+    """A short stable hash of a build spec (the staging directory's name)."""
+    import json
+
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,545 @@
+"""The versioned artifact store: FASCL_HOME/indexes/<version>/, published atomically, verified on load.
+
+On disk (one directory per published version; names starting with "." are never versions):
+
+    indexes/
+      <version>/                      e.g. us_nasdaq-small-1a2b3c4d-20251125T033012
+        manifest.json                 what was published: model, data, dates, counts, tickers, checksums
+        manifest.sha256               sha256 of manifest.json (the index_versions.checksum in SQL)
+        vectors/<YYYY-MM-DD>.npy      float32 (n, d), L2-normalised: the embedding store (mmap-able)
+        ids/<YYYY-MM-DD>.npy          int32 (n,) asset ids, ascending, into the manifest's ticker table
+        faiss/<YYYY-MM-DD>.faiss      the date's IndexIDMap2 (flat, hnsw or ivf), ids = asset ids
+      .staging/<build key>/           an unfinished build: the same layout plus build.json and
+                                      progress.jsonl (one line per finished date); a rerun resumes it
+      .trash-<version>/               a pruned version on its way out (renamed first, then deleted)
+
+Publishing: every file is written to a temp name and renamed inside the staging directory, its
+sha256 recorded as it is written; files are fsynced in batches before their dates are recorded as
+done (so a resumed build trusts only durable dates); then the manifest is written and fsynced, the directory is
+fsynced and renamed to indexes/<version> in one step, and indexes/ is fsynced. A reader lists only
+directories holding a manifest, so it never sees a half-written version.
+
+Loading: the manifest's own checksum is checked on open; every other file is checked against the
+manifest (size, then sha256) before it is first read — all at open for small versions, lazily per
+date for large ones — and `verify()` checks all of them. A mismatch raises `IndexCorruptError`
+naming the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from index.errors import IndexCorruptError, IndexStoreError, VersionNotFound
+
+FORMAT = "fascl-index/1"
+MANIFEST = "manifest.json"
+MANIFEST_SUM = "manifest.sha256"
+STAGING = ".staging"
+LOCK = ".lock"
+# Versions up to this size are verified in full when opened; larger ones date by date on first use.
+EAGER_VERIFY_BYTES = 256 * 2**20
+_CHUNK = 4 * 2**20
+
+
+# ----------------------------------------------------------------- file helpers
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: Path, data: bytes | memoryview, *, sync: bool = True) -> dict:
+    """Write `data` to `path` via a temp name and rename (fsynced first unless `sync` is False,
+    for callers that fsync many files at once with `fsync_paths`); return its {sha256, bytes}."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(memoryview(data).cast("B"))}
+
+
+def fsync_paths(paths: list[Path], workers: int = 8) -> None:
+    """fsync many files; concurrent calls share journal commits (about 10x faster than one by one)."""
+
+    def sync(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max_workers=min(workers, max(1, len(paths)))) as pool:
+        list(pool.map(sync, paths))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def utcnow_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _settings():
+    from fascl.settings import get_settings
+
+    return get_settings()
+
+
+# --------------------------------------------------------------------- staging
+class Staging:
+    """An unfinished build: per-date files written durably, one progress line per finished date.
+
+    `spec` identifies the build (checkpoint, data, date range, index kind, ticker table); a staging
+    directory holding another spec is discarded, so a resume never mixes two builds."""
+
+    def __init__(self, path: Path, spec: dict):
+        self.path = Path(path)
+        self.spec = spec
+        self._progress = self.path / "progress.jsonl"
+        self._pending: list[dict] = []
+        spec_file = self.path / "build.json"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / LOCK, "w")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise IndexStoreError(f"another build is writing {self.path}; wait for it or stop it") from None
+        try:
+            same = json.loads(spec_file.read_text()) == json.loads(json.dumps(spec))
+        except (OSError, ValueError):
+            same = False
+        if not same:  # another build's leftovers (or nothing): start clean
+            for child in self.path.iterdir():
+                if child.name != LOCK:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        for sub in ("vectors", "ids", "faiss"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        if not spec_file.exists():
+            write_file(spec_file, json.dumps(spec, indent=1).encode())
+            fsync_dir(self.path)
+
+    def close(self) -> None:
+        """Release the build lock (the staging directory stays for a later resume)."""
+        if not self._lock.closed:
+            self._lock.close()
+
+    def done(self) -> dict[str, dict]:
+        """Finished dates -> their record (count, kind, files with checksums), as written."""
+        records: dict[str, dict] = {}
+        if not self._progress.exists():
+            return records
+        for line in self._progress.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a crash: that date is simply redone
+                continue
+            files_ok = all(
+                (self.path / rel).is_file() and (self.path / rel).stat().st_size == meta["bytes"]
+                for rel, meta in record["files"].items()
+            )
+            if files_ok:
+                records[record["date"]] = record
+        return records
+
+    def write_date(self, date: str, vectors: np.ndarray, ids: np.ndarray, index_bytes, kind: str) -> dict:
+        """Write one date's vectors, ids and serialised index (temp name + rename, not yet fsynced).
+
+        The date counts as done only after `commit()`, which fsyncs its files and then appends its
+        progress line: a crash can lose uncommitted dates, never record a date whose bytes are not
+        on disk."""
+        files = {}
+        for rel, data in (
+            (f"vectors/{date}.npy", npy_bytes(vectors.astype(np.float32, copy=False))),
+            (f"ids/{date}.npy", npy_bytes(ids.astype(np.int32, copy=False))),
+            (f"faiss/{date}.faiss", index_bytes),
+        ):
+            files[rel] = write_file(self.path / rel, data, sync=False)
+        record = {"date": date, "count": int(len(ids)), "kind": kind, "files": files}
+        self._pending.append(record)
+        return record
+
+    def commit(self) -> int:
+        """Make the dates written since the last commit durable and record them; returns how many."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return 0
+        paths = [self.path / rel for record in pending for rel in record["files"]]
+        fsync_paths(paths)
+        for sub in ("vectors", "ids", "faiss"):
+            fsync_dir(self.path / sub)
+        with open(self._progress, "a") as fh:
+            fh.write("".join(json.dumps(record) + "\n" for record in pending))
+            fh.flush()
+            os.fsync(fh.fileno())
+        return len(pending)
+
+
+# ---------------------------------------------------------------------- versions
+@dataclass
+class VersionInfo:
+    """One row of `list_versions()`: read from the manifest, without touching the data files."""
+
+    version: str
+    path: Path
+    created: str = ""
+    model_version: str = ""
+    first_date: str | None = None
+    last_date: str | None = None
+    n_dates: int = 0
+    vectors: int = 0
+    bytes: int = 0
+    dim: int = 0
+    kinds: list[str] = field(default_factory=list)
+    error: str | None = None  # set when the manifest itself cannot be read
+
+    @property
+    def readable(self) -> bool:
+        return self.error is None
+
+
+class IndexVersion:
+    """One published version, opened: its manifest, and checked access to its files."""
+
+    def __init__(self, path: Path, *, verify: str = "auto"):
+        self.path = Path(path)
+        self.version = self.path.name
+        self.manifest, self.manifest_sha256 = _read_manifest(self.path)
+        m = self.manifest
+        self.dim = int(m["dim"])
+        self.dates = np.array(m["dates"], dtype="datetime64[D]")
+        self.counts = np.array(m["counts"], dtype=np.int64)
+        self.kinds: list[str] = list(m["kinds"])
+        self.files: dict[str, dict] = m["files"]
+        self._date_pos = {d: i for i, d in enumerate(m["dates"])}
+        self._verified: set[str] = set()
+        self._lock = threading.Lock()
+        if verify not in ("auto", "all", "lazy"):
+            raise ValueError(f"verify must be auto, all or lazy, not {verify!r}")
+        if verify == "all" or (verify == "auto" and self.data_bytes <= EAGER_VERIFY_BYTES):
+            self.verify_all()
+
+    # ------------------------------------------------------------- metadata
+    @property
+    def data_bytes(self) -> int:
+        return int(sum(meta["bytes"] for meta in self.files.values()))
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest["model"]["version"]
+
+    def assets(self) -> pd.DataFrame:
+        """The ticker table: asset id = row position; ticker, name, sector, industry, exchange, coverage."""
+        return pd.DataFrame(self.manifest["tickers"])
+
+    def date_files(self, date: str) -> dict[str, str]:
+        return {
+            "vectors": f"vectors/{date}.npy",
+            "ids": f"ids/{date}.npy",
+            "index": f"faiss/{date}.faiss",
+        }
+
+    def date_key(self, date) -> str:
+        key = str(np.datetime64(date, "D"))
+        if key not in self._date_pos:
+            raise KeyError(f"{key} is not an indexed date of version {self.version}")
+        return key
+
+    # --------------------------------------------------------------- verify
+    def verify_file(self, rel: str, *, force: bool = False) -> None:
+        """Check one manifest-listed file (size, then sha256); raise IndexCorruptError on a mismatch."""
+        if rel in self._verified and not force:
+            return
+        meta = self.files.get(rel)
+        if meta is None:
+            raise IndexCorruptError(self.path / rel, "not listed in the manifest")
+        file = self.path / rel
+        if not file.is_file():
+            raise IndexCorruptError(file, "missing", f"{meta['bytes']} bytes", "no file")
+        size = file.stat().st_size
+        if size != meta["bytes"]:
+            problem = "truncated" if size < meta["bytes"] else "wrong size"
+            raise IndexCorruptError(file, problem, f"{meta['bytes']} bytes", f"{size} bytes")
+        digest = sha256_file(file)
+        if digest != meta["sha256"]:
+            raise IndexCorruptError(file, "checksum mismatch", f"sha256 {meta['sha256']}", f"sha256 {digest}")
+        with self._lock:
+            self._verified.add(rel)
+
+    def verify_date(self, date, parts: Iterable[str] = ("vectors", "ids", "index")) -> None:
+        files = self.date_files(self.date_key(date))
+        for part in parts:
+            self.verify_file(files[part])
+
+    def verify_all(self, *, force: bool = False) -> None:
+        for rel in self.files:
+            self.verify_file(rel, force=force)
+
+    def size_problems(self) -> list[IndexCorruptError]:
+        """Missing or wrongly sized files (a stat per file, no hashing): the quick check of `list`."""
+        found = []
+        for rel, meta in self.files.items():
+            file = self.path / rel
+            size = file.stat().st_size if file.is_file() else None
+            if size != meta["bytes"]:
+                problem = (
+                    "missing" if size is None else ("truncated" if size < meta["bytes"] else "wrong size")
+                )
+                found.append(IndexCorruptError(file, problem, f"{meta['bytes']} bytes", f"{size} bytes"))
+        return found
+
+    def problems(self) -> list[IndexCorruptError]:
+        """Every corrupt file (full checksums, nothing cached), rather than stopping at the first."""
+        found = []
+        for rel in self.files:
+            try:
+                self.verify_file(rel, force=True)
+            except IndexCorruptError as exc:
+                found.append(exc)
+        return found
+
+    # ----------------------------------------------------------------- read
+    def read_vectors(self, date, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(asset ids int32 (n,), vectors float32 (n, d)) of one date; the vectors memory-mapped."""
+        key = self.date_key(date)
+        files = self.date_files(key)
+        self.verify_file(files["ids"])
+        self.verify_file(files["vectors"])
+        ids = np.load(self.path / files["ids"])
+        vectors = np.load(self.path / files["vectors"], mmap_mode="r" if mmap else None)
+        if vectors.shape != (len(ids), self.dim):
+            raise IndexCorruptError(
+                self.path / files["vectors"],
+                "shape mismatch",
+                f"({len(ids)}, {self.dim})",
+                str(vectors.shape),
+            )
+        return ids, vectors
+
+    def read_index(self, date, *, mmap: bool = False):
+        """The date's faiss index (checked first); `mmap` maps a flat index's vectors instead of reading them."""
+        import faiss
+
+        key = self.date_key(date)
+        rel = self.date_files(key)["index"]
+        self.verify_file(rel)
+        flags = faiss.IO_FLAG_READ_ONLY
+        if mmap and self.kinds[self._date_pos[key]] == "flat":
+            flags |= faiss.IO_FLAG_MMAP_IFC
+        try:
+            index = faiss.read_index(str(self.path / rel), flags)
+        except RuntimeError as exc:
+            raise IndexCorruptError(self.path / rel, f"faiss cannot read it ({exc})") from exc
+        expected = int(self.counts[self._date_pos[key]])
+        if index.ntotal != expected or index.d != self.dim:
+            raise IndexCorruptError(
+                self.path / rel,
+                "index size mismatch",
+                f"{expected} x {self.dim}",
+                f"{index.ntotal} x {index.d}",
+            )
+        return index
+
+
+def _read_manifest(path: Path) -> tuple[dict, str]:
+    file, sum_file = path / MANIFEST, path / MANIFEST_SUM
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise IndexCorruptError(file, "missing", "a manifest", "no file") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        expected = sum_file.read_text().split()[0]
+    except (FileNotFoundError, IndexError):
+        raise IndexCorruptError(sum_file, "missing or empty", "the manifest's sha256", "nothing") from None
+    if digest != expected:
+        raise IndexCorruptError(file, "checksum mismatch", f"sha256 {expected}", f"sha256 {digest}")
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise IndexCorruptError(file, f"not JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise IndexCorruptError(file, "unknown format", FORMAT, str(manifest.get("format")))
+    return manifest, digest
+
+
+# ------------------------------------------------------------------------ store
+class IndexStore:
+    """Versioned index directories under `root` (default FASCL_HOME/indexes)."""
+
+    def __init__(self, root: str | Path | None = None, keep: int | None = None):
+        settings = _settings() if root is None or keep is None else None
+        self.root = Path(root) if root is not None else settings.indexes_dir
+        self.keep = keep if keep is not None else int(getattr(settings, "index_keep", 3))
+        self.last_pruned: list[str] = []  # versions deleted by the last publish
+
+    # -------------------------------------------------------------- listing
+    def _version_dirs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Published versions, oldest first (by creation time, then name)."""
+        infos = []
+        for path in self._version_dirs():
+            if not (path / MANIFEST).exists() and not (path / MANIFEST_SUM).exists():
+                continue  # not ours
+            info = VersionInfo(path.name, path)
+            try:
+                manifest, _ = _read_manifest(path)
+                info.created = manifest["created"]
+                info.model_version = manifest["model"]["version"]
+                info.first_date = manifest["dates"][0] if manifest["dates"] else None
+                info.last_date = manifest["dates"][-1] if manifest["dates"] else None
+                info.n_dates = len(manifest["dates"])
+                info.vectors = int(sum(manifest["counts"]))
+                info.bytes = int(sum(m["bytes"] for m in manifest["files"].values()))
+                info.dim = int(manifest["dim"])
+                info.kinds = sorted(set(manifest["kinds"]))
+            except (IndexCorruptError, KeyError, TypeError) as exc:
+                info.error = str(exc)
+                info.created = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                )
+            infos.append(info)
+        return sorted(infos, key=lambda i: (i.created, i.version))
+
+    def latest_version(self) -> str | None:
+        """The newest version whose manifest reads (its data files are checked when opened)."""
+        readable = [info for info in self.list_versions() if info.readable]
+        return readable[-1].version if readable else None
+
+    def open_version(self, version: str | None = None, *, verify: str = "auto") -> IndexVersion:
+        """Open `version` (default: the latest). Raises VersionNotFound or IndexCorruptError."""
+        if version is None:
+            version = self.latest_version()
+            if version is None:
+                raise VersionNotFound(None, self.root, [])
+        path = self.root / version
+        if version.startswith(".") or "/" in version or not path.is_dir():
+            raise VersionNotFound(version, self.root, [i.version for i in self.list_versions()])
+        return IndexVersion(path, verify=verify)
+
+    def verify(self, version: str | None = None) -> list[IndexCorruptError]:
+        """Full check of every file of `version`: the list of problems (empty when sound)."""
+        try:
+            opened = self.open_version(version, verify="lazy")
+        except IndexCorruptError as exc:
+            return [exc]
+        return opened.problems()
+
+    def disk_bytes(self, version: str) -> int:
+        return _dir_bytes(self.root / version)
+
+    # ----------------------------------------------------------- publishing
+    def staging(self, key: str, spec: dict) -> Staging:
+        return Staging(self.root / STAGING / key, spec)
+
+    def new_version_name(self, model_version: str) -> str:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        name, n = f"{model_version}-{stamp}", 1
+        while (self.root / name).exists():
+            n += 1
+            name = f"{model_version}-{stamp}-{n}"
+        return name
+
+    def publish(self, staging: Staging, manifest: dict, records: dict[str, dict]) -> IndexVersion:
+        """Turn a finished staging directory into a published version (atomically) and prune old ones.
+
+        `manifest` carries everything but the per-date part, which comes from `records` (date ->
+        record as written by Staging.write_date), in date order."""
+        staging.commit()
+        dates = sorted(records)
+        manifest = {
+            "format": FORMAT,
+            **manifest,
+            "dates": dates,
+            "counts": [records[d]["count"] for d in dates],
+            "kinds": [records[d]["kind"] for d in dates],
+            "files": {rel: meta for d in dates for rel, meta in records[d]["files"].items()},
+        }
+        version = manifest["version"]
+        target = self.root / version
+        if target.exists():
+            raise IndexStoreError(f"version {version} already exists at {target}")
+        keep_files = set(manifest["files"])
+        for sub in ("vectors", "ids", "faiss"):  # files of dates outside this build
+            for file in (staging.path / sub).iterdir():
+                if f"{sub}/{file.name}" not in keep_files:
+                    file.unlink()
+        raw = json.dumps(manifest, indent=1).encode()
+        write_file(staging.path / MANIFEST, raw)
+        write_file(staging.path / MANIFEST_SUM, f"{hashlib.sha256(raw).hexdigest()}  {MANIFEST}\n".encode())
+        for name in ("build.json", "progress.jsonl", LOCK):
+            (staging.path / name).unlink(missing_ok=True)
+        for sub in ("vectors", "ids", "faiss", "."):
+            fsync_dir(staging.path / sub)
+        staging.path.rename(target)
+        staging.close()
+        fsync_dir(self.root)
+        fsync_dir(self.root / STAGING)
+        self.last_pruned = self.prune(protect=version)
+        return IndexVersion(target, verify="lazy")
+
+    def prune(self, keep: int | None = None, *, protect: str | None = None) -> list[str]:
+        """Delete all but the newest `keep` versions (never `protect`); return the deleted names."""
+        keep = self.keep if keep is None else keep
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
+        versions = [info.version for info in self.list_versions()]
+        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != protect]
+        for version in doomed:
+            trash = self.root / f".trash-{version}"
+            shutil.rmtree(trash, ignore_errors=True)
+            (self.root / version).rename(trash)  # vanishes from listings in one step
+            shutil.rmtree(trash, ignore_errors=True)
+        if doomed:
+            fsync_dir(self.root)
+        return doomed
+
+
+def list_versions(root: str | Path | None = None) -> list[VersionInfo]:
+    return IndexStore(root).list_versions()
+
+
+def latest_version(root: str | Path | None = None) -> str | None:
+    return IndexStore(root).latest_version()
+
+
+def open_version(version: str | None = None, root: str | Path | None = None, *, verify: str = "auto"):
+    return IndexStore(root).open_version(version, verify=verify)

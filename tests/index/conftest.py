@@ -1,0 +1,74 @@
+"""Fixtures for the index tests: a tiny checkpoint trained once, a synthetic panel with holes, and a
+published version built from them (real files under tmp paths, no mocks)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from index.build import build_version
+from index.query import IndexReader
+from index.store import IndexStore
+from market.panel import Panel
+from market.synthetic import generate
+from model.train import TrainConfig, train
+
+RANGE = ("2012-01-02", "2012-06-01")  # ~110 trading dates, Monday to Friday
+SHORT = ("2012-05-01", "2012-06-01")  # ~23 dates, for tests that build several versions
+GAP_ASSET = 5  # its closes are missing on two days in the range: no vector for the 64 days after
+GONE_ASSET = 7  # delisted before the range: not in the index at all
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+@pytest.fixture(scope="session")
+def panel() -> Panel:
+    base = generate(n_assets=60, years=2.5, seed=0).panel
+    values = base.values.copy()
+    gap = int(np.searchsorted(base.dates, np.datetime64("2012-02-01")))
+    values[:, gap : gap + 2, GAP_ASSET] = np.nan
+    values[:, 400:, GONE_ASSET] = np.nan
+    return Panel(base.dates, base.tickers, values, base.assets)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "synthetic-tiny"
+    market = generate(n_assets=60, years=2.5, seed=0).panel
+    config = TrainConfig(
+        encoder="tiny", batch_size=32, epochs=1, steps_per_epoch=3, warmup_epochs=0, threads=1
+    )
+    train(market, config, out, console=quiet())
+    return out / "best.pt"
+
+
+def build(checkpoint, panel, root, *, start=SHORT[0], end=SHORT[1], keep=5, **kwargs):
+    return build_version(
+        checkpoint,
+        panel,
+        start=start,
+        end=end,
+        store=IndexStore(root, keep=keep),
+        threads=1,
+        console=quiet(),
+        progress=False,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def built(checkpoint, panel, tmp_path_factory):
+    root = tmp_path_factory.mktemp("indexes")
+    result = build(checkpoint, panel, root, start=RANGE[0], end=RANGE[1])
+    return root, result
+
+
+@pytest.fixture(scope="session")
+def reader(built) -> IndexReader:
+    root, result = built
+    return IndexReader(result.version, root=root, cache_bytes=64 * 2**20, omp_threads=1)

@@ -1,0 +1,82 @@
+"""`fascl index ...` end to end through the real CLI app, with FASCL_HOME in a temp directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fascl.cli.main import app
+from fascl.settings import get_settings
+from tests.index.conftest import SHORT
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, panel):
+    monkeypatch.setenv("FASCL_HOME", str(tmp_path))
+    monkeypatch.setenv("FASCL_INDEX_KEEP", "2")
+    monkeypatch.setenv("COLUMNS", "200")
+    get_settings.cache_clear()
+    panel.save(tmp_path / "market" / "synthetic")
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def invoke(*args: str, code: int = 0):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, result.output + repr(result.exception)
+    return result.output
+
+
+def test_cli_end_to_end(home, checkpoint):
+    out = invoke(
+        "index", "build", "--model", str(checkpoint.parent), "--from", SHORT[0], "--to", SHORT[1],
+        "--threads", "1", "--no-progress",
+    )  # fmt: skip
+    assert "published synthetic-tiny-" in out and "disk size" in out and "vectors" in out
+    version = next(p.name for p in (home / "indexes").iterdir() if not p.name.startswith("."))
+
+    out = invoke("index", "list")
+    assert version in out and "no (sizes)" in out and "2012-05-01 to 2012-06-01" in out
+    assert "ok " + version in invoke("index", "verify")
+
+    out = invoke("index", "query", "AZBV", "--date", "2012-05-26", "--k", "4")
+    assert "as of 2012-05-25 (requested" in out and "2012-05-26)" in out and "4 of k=4" in out
+    out = invoke("index", "query", "AZBX", code=1)
+    assert "unknown ticker 'AZBX'; did you mean AZBV" in out
+    invoke("index", "query", "AZBV", "--date", "2001-01-01", code=1)
+
+    invoke("index", "export", "--out", str(home / "v.npz"), "--from", "2012-05-30")
+    with np.load(home / "v.npz") as data:
+        assert set(data["row_date"].tolist()) == {"2012-05-30", "2012-05-31", "2012-06-01"}
+    out = invoke("index", "export", "--out", str(home / "v.parquet"), "--format", "parquet")
+    assert "rows over 24 dates" in out
+
+    target = next((home / "indexes" / version / "vectors").iterdir())
+    target.write_bytes(target.read_bytes()[:-4])
+    out = invoke("index", "verify", version, code=1)
+    assert "CORRUPT" in out and "truncated" in out and target.name in out
+    assert "yes:" in invoke("index", "list")
+    invoke("index", "verify", "nope", code=1)
+
+
+def test_build_activates_the_version_in_sql_once_the_database_is_migrated(home, checkpoint):
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    from service.models import IndexVersion
+
+    args = ("index", "build", "--model", str(checkpoint.parent), "--from", SHORT[0], "--to", SHORT[1],
+            "--threads", "1", "--no-progress")  # fmt: skip
+    out = " ".join(invoke(*args).split())  # rich wraps long lines
+    first = next(p.name for p in (home / "indexes").iterdir() if not p.name.startswith("."))
+    assert "published but not active" in out and f"fascl index activate {first}" in out
+    invoke("db", "upgrade")
+    assert f"active: {first}" in " ".join(invoke("index", "activate", first).split())
+    invoke(*args)
+    engine = create_engine(f"sqlite:///{home / 'fascl.db'}")
+    with Session(engine) as session:
+        rows = {r.version: r.active for r in session.scalars(select(IndexVersion))}
+    engine.dispose()
+    assert len(rows) == 2 and rows[first] is False and sum(rows.values()) == 1
+    invoke("index", "activate", "no-such-version", code=1)
