@@ -308,6 +308,7 @@ def test_cli_evaluate_writes_metrics_report_and_figures(tiny_model, monkeypatch)
     assert list(methods) == [
         "random",
         "pearson",
+        "pearson_w",
         "sector",
         "pca",
         "window",
