@@ -31,27 +31,6 @@ META_FIELDS = ("name", "sector", "industry", "exchange")
 
 
 @dataclass(frozen=True)
-class HotTable:
-    """Every asset's top-MAX_K peers on the newest date, computed once per snapshot.
-
-    Most queries ask about the newest date without filters; for them the answer is a row lookup
-    instead of a search over every vector of the date (which would cost more than the rest of the
-    request together)."""
-
-    as_of: dt.date
-    row: np.ndarray  # asset id -> row in labels/scores, -1 where the asset has no vector that day
-    labels: np.ndarray  # (n, MAX_K) asset ids, best first, -1 padded
-    scores: np.ndarray  # (n, MAX_K)
-
-    @classmethod
-    def build(cls, reader: IndexReader, k: int) -> HotTable:
-        ids, labels, scores = reader.all_pairs(None, k=k)
-        row = np.full(len(reader.tickers), -1, dtype=np.int64)
-        row[ids] = np.arange(len(ids))
-        return cls(reader.last_date, row, labels, scores)
-
-
-@dataclass(frozen=True)
 class Snapshot:
     reader: IndexReader
     index_version: str
@@ -64,7 +43,6 @@ class Snapshot:
     close: np.ndarray | None = None
     close_position: dict[dt.date, int] = field(default_factory=dict)
     close_column: np.ndarray | None = None  # asset id -> panel column (-1: absent)
-    hot: HotTable | None = None
     loaded_at: float = 0.0
 
     @property
@@ -119,7 +97,6 @@ def build_snapshot(reader: IndexReader, session: Session | None, *, with_closes:
         close=close,
         close_position=positions,
         close_column=columns,
-        hot=HotTable.build(reader, MAX_K),
         loaded_at=time.time(),
     )
 
@@ -155,8 +132,14 @@ class IndexRegistry:
             ):
                 return False
             try:
+                # The reader keeps every asset's top-MAX_K peers on the newest date: most queries ask
+                # about the newest date without filters and are then a row lookup, not a search.
                 reader = IndexReader(
-                    wanted, store=self.store, cache_bytes=self.cache_bytes, omp_threads=self.omp_threads
+                    wanted,
+                    store=self.store,
+                    cache_bytes=self.cache_bytes,
+                    omp_threads=self.omp_threads,
+                    hot_neighbors=MAX_K,
                 )
                 snapshot = build_snapshot(reader, session)
             except Exception as exc:  # a bad version must not take down the one being served

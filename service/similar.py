@@ -83,13 +83,6 @@ def answer(
     include_realized: bool = False,
 ) -> dict:
     requested = parse_date(date)
-    hot = snapshot.hot
-    if (
-        hot is not None
-        and (requested is None or requested >= hot.as_of)
-        and not (sector or exchange or exclude_same_sector)
-    ):
-        return _from_hot_table(snapshot, hot, ticker, requested, k, min_score, include_realized)
     try:
         result = snapshot.reader.similar(
             ticker,
@@ -104,33 +97,6 @@ def answer(
         raise to_api_error(exc) from None
     peers = [(n.asset_id, n.score) for n in result.neighbors]
     return _payload(snapshot, result.asset_id, requested, result.as_of, peers, include_realized)
-
-
-def _from_hot_table(snapshot, hot, ticker, requested, k, min_score, include_realized) -> dict:
-    """The newest date without filters: the precomputed neighbour row (same answer as a search)."""
-    try:
-        aid = snapshot.reader.asset_id(ticker)
-    except QueryError as exc:
-        raise to_api_error(exc) from None
-    row = hot.row[aid]
-    if row < 0:
-        first, last = snapshot.first_last[aid]
-        raise to_api_error(
-            NoDataOnDate(
-                snapshot.meta[aid]["ticker"],
-                hot.as_of,
-                dt.date.fromisoformat(first) if first else None,
-                dt.date.fromisoformat(last) if last else None,
-                requested,
-            )
-        )
-    labels, scores = hot.labels[row, :k].tolist(), hot.scores[row, :k].tolist()
-    peers = [
-        (a, s)
-        for a, s in zip(labels, scores, strict=True)
-        if a >= 0 and (min_score is None or s >= min_score)
-    ]
-    return _payload(snapshot, aid, requested, hot.as_of, peers, include_realized)
 
 
 def _payload(snapshot, aid: int, requested, as_of: dt.date, peers: list[tuple[int, float]], include_realized):
