@@ -266,7 +266,7 @@ def bench_ann(n: int, d: int, threads: int, n_queries: int = 1000, source=None) 
 
 
 def bench_export(data: str, model: str, home: Path, threads: int, queries: int) -> None:
-    from fascl.cli.train import resolve_panel_path
+    from fascl.cli.panels import resolve_panel_path
     from index.build import build_version
     from market.panel import Panel
 

@@ -46,17 +46,11 @@ def load_assets(
     ] = None,
 ) -> None:
     """Load ticker, name, sector, industry, exchange and date range of every panel asset."""
-    from fascl.cli.train import resolve_panel_path
-    from market.panel import Panel, PanelError
+    from fascl.cli.panels import load_panel_or_exit
     from service.db import session_scope
     from service.repository import load_assets as upsert
 
-    path = resolve_panel_path(data)
-    try:
-        panel = Panel.load(path)
-    except PanelError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    path, panel = load_panel_or_exit(data, console)
     with session_scope(_factory()) as session:
         added, updated = upsert(session, panel, path.name)
     console.print(f"[green]assets from {path.name}:[/] {added} added, {updated} updated")

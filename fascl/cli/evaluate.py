@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fascl.cli.train import resolve_panel_path
+from fascl.cli.panels import load_panel_or_exit
 from fascl.settings import get_settings
 
 console = Console()
@@ -76,7 +76,6 @@ def evaluate(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Evaluate retrievers on the test period and write metrics.json, report.md and figures."""
-    from market.panel import Panel, PanelError
     from model.checkpoint import CheckpointError
     from model.evaluate import EvalConfig, prepare_context, query_positions, summarize
     from model.evaluate import evaluate as run_evaluation
@@ -85,12 +84,7 @@ def evaluate(
     from model.splits import default_splits
 
     started = time.perf_counter()
-    path = resolve_panel_path(data)
-    try:
-        panel = Panel.load(path)
-    except PanelError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    path, panel = load_panel_or_exit(data, console)
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in BASELINES]

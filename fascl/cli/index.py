@@ -67,18 +67,13 @@ def build(
     Resumable: rerun the same command after an interruption and finished dates are kept."""
     import pandas as pd
 
-    from fascl.cli.train import resolve_panel_path
+    from fascl.cli.panels import load_panel_or_exit
     from index.build import build_version
-    from market.panel import Panel, PanelError
     from model.checkpoint import CheckpointError
 
-    path = resolve_panel_path(data)
     # 64 trading days of history before --from; ~2.5 calendar days per trading day is ample.
     load_from = None if from_ is None else pd.Timestamp(from_) - pd.Timedelta(days=160)
-    try:
-        panel = Panel.load(path, start=load_from, end=to)
-    except PanelError as exc:
-        raise _fail(str(exc)) from None
+    path, panel = load_panel_or_exit(data, console, start=load_from, end=to)
     store = _store()
     try:
         result = build_version(

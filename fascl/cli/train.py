@@ -9,16 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fascl.cli.panels import load_panel_or_exit
 from fascl.settings import get_settings
 
 console = Console()
-
-
-def resolve_panel_path(data: str | None) -> Path:
-    """A panel directory, or a panel name under FASCL_HOME/market (default FASCL_DATASET)."""
-    settings = get_settings()
-    name = data or settings.dataset
-    return Path(name) if Path(name).is_dir() else settings.panel_path(name)
 
 
 def train(
@@ -66,16 +60,10 @@ def train(
 
     Unset options take the preset of --config (model/train.py PRESETS): `small` fits minutes on a CPU,
     `paper` is the paper's recipe."""
-    from market.panel import Panel, PanelError
     from model.train import preset_config
     from model.train import train as run_training
 
-    path = resolve_panel_path(data)
-    try:
-        panel = Panel.load(path)
-    except PanelError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+    path, panel = load_panel_or_exit(data, console)
     out = out or get_settings().models_dir / f"{path.name}-{config}"
     overrides = {"width": width, "depth": depth, "pooling": pooling, "projection_head": projection_head}
     try:
