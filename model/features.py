@@ -23,6 +23,7 @@ CHANNEL_SETS: dict[str, tuple[str, ...]] = {
     "ohlcva": ("open", "high", "low", "close", "volume", "amount"),
     "close": ("close",),
     "ohlcva_ret": ("open", "high", "low", "close", "volume", "amount", "return"),
+    "close_ret": ("close", "return"),  # the close-only ablation of the CPU configuration
 }
 
 
