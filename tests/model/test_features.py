@@ -10,7 +10,7 @@ from market.panel import FIELDS, Panel
 from market.synthetic import generate
 from model.features import CHANNEL_SETS, WINDOW, build_cube, channel_names, zscore
 
-N_CHANNELS = {"ohlcva": 6, "close": 1, "ohlcva_ret": 7}
+N_CHANNELS = {"ohlcva": 6, "close": 1, "ohlcva_ret": 7, "close_ret": 2}
 
 
 @pytest.fixture(scope="module")
