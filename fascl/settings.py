@@ -15,9 +15,6 @@ class Settings(BaseSettings):
     home: Path = Field(
         Path("var"), description="Root of the price store, models, indexes and the SQLite file"
     )
-    shared_data: Path = Field(
-        Path("../shared/data"), description="Folder holding the stocknet and us_nasdaq sets"
-    )
     dataset: str = Field("synthetic", description="Name of the panel under HOME/market used by default")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file under HOME")
     omp_threads: int = Field(1, ge=1, description="OpenMP/torch threads per process")
@@ -25,7 +22,6 @@ class Settings(BaseSettings):
     index_cache_mb: int = Field(
         1024, ge=0, description="Memory bound of the query side's LRU of historical dates, in MiB"
     )
-    seed: int = 0
 
     # the service
     host: str = "127.0.0.1"
