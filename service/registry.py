@@ -43,20 +43,20 @@ class Snapshot:
     close: np.ndarray | None = None
     close_position: dict[dt.date, int] = field(default_factory=dict)
     close_column: np.ndarray | None = None  # asset id -> panel column (-1: absent)
-    loaded_at: float = 0.0
 
     @property
     def newest_date(self) -> dt.date:
         return self.reader.last_date
 
 
-def _metadata(reader: IndexReader, session: Session | None) -> list[dict]:
+def _metadata(records: list[dict], session: Session | None) -> list[dict]:
     """The index's ticker table, overridden by the SQL store's names and sectors where it has them."""
     sql: dict[str, Asset] = {}
     if session is not None:
-        sql = {a.ticker: a for a in session.scalars(select(Asset).where(Asset.ticker.in_(reader.tickers)))}
+        tickers = [r["ticker"] for r in records]
+        sql = {a.ticker: a for a in session.scalars(select(Asset).where(Asset.ticker.in_(tickers)))}
     out = []
-    for record in reader.asset_records():
+    for record in records:
         row = {"ticker": record["ticker"], **{f: record.get(f) or "" for f in META_FIELDS}}
         asset = sql.get(record["ticker"])
         if asset is not None:
@@ -80,12 +80,10 @@ def _closes(reader: IndexReader) -> tuple[np.ndarray | None, dict, np.ndarray | 
     return np.ascontiguousarray(panel.close), positions, columns
 
 
-def build_snapshot(reader: IndexReader, session: Session | None, *, with_closes: bool = True) -> Snapshot:
-    import time
-
-    close, positions, columns = _closes(reader) if with_closes else (None, {}, None)
+def build_snapshot(reader: IndexReader, session: Session | None) -> Snapshot:
+    close, positions, columns = _closes(reader)
     records = reader.asset_records()
-    meta = _metadata(reader, session)
+    meta = _metadata(records, session)
     return Snapshot(
         reader=reader,
         index_version=reader.version,
@@ -97,7 +95,6 @@ def build_snapshot(reader: IndexReader, session: Session | None, *, with_closes:
         close=close,
         close_position=positions,
         close_column=columns,
-        loaded_at=time.time(),
     )
 
 
