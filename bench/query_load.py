@@ -2,12 +2,12 @@
 
 Builds (once, under --home) a synthetic market of --assets assets, a checkpoint and an index of the
 last few dates; starts `fascl serve` pinned to one core; drives it with wrk (Debian package `wrk`)
-pinned to the other core over 32 keep-alive connections, random tickers, a fixed duration after a warm-up
-(wrk has no request limit that ends its run). In the same run it measures the floor: a bare async FastAPI endpoint under the same
-uvicorn settings that returns a canned body of the same size. Prints throughput, p50 and p99 of
-both and the ratio.
+pinned to the other core over 32 keep-alive connections, random tickers, a fixed count of requests
+after a warm-up (the Lua script stops wrk at the count; -d is only a ceiling). In the same run it
+measures the floor: a bare async FastAPI endpoint under the same uvicorn settings that returns a
+canned body of the same size. Prints throughput, p50 and p99 of both and the ratio.
 
-    .venv/bin/python bench/query_load.py [--assets 5000] [--seconds 10] [--connections 32]
+    .venv/bin/python bench/query_load.py [--assets 5000] [--requests 50000] [--connections 32]
 """
 
 from __future__ import annotations
@@ -32,14 +32,39 @@ REPO = Path(__file__).resolve().parents[1]
 console = Console()
 
 LUA = """
+-- Stops after a fixed count of requests sent: the thread stops, and a SIGINT ends wrk's sleep for -d.
+-- Throughput is the responses received over the run's own clock (first request to the stop). No
+-- `response` callback: wrk would then build a Lua table of headers per response, and the driver,
+-- not the server, would set the pace.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } fascl_timespec;
+int clock_gettime(int clk_id, fascl_timespec *tp);
+]]
+local function now()
+  local ts = ffi.new("fascl_timespec")
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) / 1e9
+end
+
 local paths = {}
 for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
+local limit, count, started = %(limit)d, 0, nil
 request = function()
+  if started == nil then started = now() end
+  count = count + 1
+  if count == limit then
+    elapsed = now() - started
+    wrk.thread:stop()
+    os.execute("(sleep 0.05; kill -INT $PPID) &")
+  end
   return wrk.format("GET", paths[math.random(#paths)])
 end
+local threads = {}
+setup = function(thread) threads[#threads + 1] = thread end
 done = function(summary, latency, requests)
   io.write(string.format('{"requests": %%d, "seconds": %%f, "errors": %%d, "non2xx": %%d, "p50": %%f, "p99": %%f}\\n',
-    summary.requests, summary.duration / 1e6,
+    summary.requests, threads[1]:get("elapsed") or -1,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
     summary.errors.status, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
 end
@@ -121,15 +146,19 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
     raise SystemExit(f"server not ready at {url}")
 
 
-def drive(port: int, paths_file: Path, seconds: int, connections: int, work: Path) -> dict:
-    """One wrk run of `seconds` over `connections` keep-alive connections, pinned to the second core."""
+def drive(port: int, paths_file: Path, requests: int, connections: int, work: Path) -> dict:
+    """One wrk run of `requests` requests over `connections` keep-alive connections, pinned to the
+    second core. One wrk thread, so the script's counter is the run's."""
     script = work / "drive.lua"
-    script.write_text(LUA % {"paths": paths_file})
-    command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script)]
+    script.write_text(LUA % {"paths": paths_file, "limit": requests})
+    ceiling = max(60, requests // 500)
+    command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{ceiling}s", "-s", str(script)]
     out = subprocess.run(
         [*command, f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True
     ).stdout
     result = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+    if result["seconds"] <= 0:
+        raise SystemExit(f"wrk ended before {requests} responses (ceiling {ceiling} s): {out}")
     result["rps"] = result["requests"] / result["seconds"]
     return result
 
@@ -145,8 +174,8 @@ def serve(cmd: list[str], env: dict, port: int, ready_path: str) -> subprocess.P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", type=int, default=5000)
-    parser.add_argument("--seconds", type=int, default=10, help="measured run per server")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per server")
+    parser.add_argument("--requests", type=int, default=50_000, help="measured requests per server")
+    parser.add_argument("--warmup", type=int, default=10_000, help="warm-up requests per server")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "fascl-bench-query-load")
     args = parser.parse_args()
@@ -182,7 +211,7 @@ def main() -> None:
         paths_file.write_text("\n".join(paths) + "\n")
         body = httpx.get(f"http://127.0.0.1:{port}{paths[0]}").content
         drive(port, paths_file, args.warmup, args.connections, work)
-        service = drive(port, paths_file, args.seconds, args.connections, work)
+        service = drive(port, paths_file, args.requests, args.connections, work)
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -210,14 +239,14 @@ def main() -> None:
     )
     try:
         drive(floor_port, paths_file, args.warmup, args.connections, work)
-        baseline = drive(floor_port, paths_file, args.seconds, args.connections, work)
+        baseline = drive(floor_port, paths_file, args.requests, args.connections, work)
     finally:
         floor.terminate()
         floor.wait(timeout=20)
 
     table = Table(
         title=f"GET /similar, {args.assets:,} assets, {args.connections} connections, "
-        f"{args.seconds} s per run after {args.warmup} s warm-up, body {len(body)} bytes (server core 0, wrk core 1)"
+        f"{args.requests:,} requests per run after {args.warmup:,} warm-up, body {len(body)} bytes (server core 0, wrk core 1)"
     )
     for column in ("server", "requests/s", "p50 ms", "p99 ms", "errors"):
         table.add_column(column, justify="right")

@@ -275,3 +275,15 @@ def test_openapi_documents_the_routes_with_examples(client):
     get = schema["paths"]["/similar/{ticker}"]["get"]
     assert {"200", "404", "422"} <= set(get["responses"])
     assert schema["components"]["schemas"]["SimilarResponse"]["examples"]
+    names = [p["name"] for p in get["parameters"]]
+    assert sorted(names) == sorted(set(names)), f"a parameter is documented twice: {names}"
+    assert set(names) == {
+        "ticker",
+        "date",
+        "k",
+        "sector",
+        "exchange",
+        "exclude_same_sector",
+        "min_score",
+        "include_realized",
+    }
