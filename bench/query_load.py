@@ -146,6 +146,17 @@ def wait_ready(url: str, process: subprocess.Popen) -> None:
     raise SystemExit(f"server not ready at {url}")
 
 
+def all_tickers(port: int) -> list[str]:
+    tickers: list[str] = []
+    while True:
+        page = httpx.get(
+            f"http://127.0.0.1:{port}/assets", params={"offset": len(tickers), "limit": 500}
+        ).json()
+        tickers += [a["ticker"] for a in page["items"]]
+        if not page["items"] or len(tickers) >= page["total"]:
+            return tickers
+
+
 def drive(port: int, paths_file: Path, requests: int, connections: int, work: Path) -> dict:
     """One wrk run of `requests` requests over `connections` keep-alive connections, pinned to the
     second core. One wrk thread, so the script's counter is the run's."""
@@ -177,6 +188,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50_000, help="measured requests per server")
     parser.add_argument("--warmup", type=int, default=10_000, help="warm-up requests per server")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--historical",
+        type=float,
+        default=0.0,
+        help="share of requests that name a random older indexed date (a faiss search rather than the "
+        "newest date's precomputed table)",
+    )
     parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "fascl-bench-query-load")
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
@@ -201,12 +219,14 @@ def main() -> None:
         "/health/ready",
     )
     try:
-        tickers = [
-            a["ticker"]
-            for a in httpx.get(f"http://127.0.0.1:{port}/assets", params={"limit": 500}).json()["items"]
-        ]
+        tickers = all_tickers(port)
+        older = httpx.get(f"http://127.0.0.1:{port}/dates").json()["dates"][:-1]
         rng = random.Random(0)
-        paths = [f"/similar/{rng.choice(tickers)}?k=10" for _ in range(10_000)]
+        paths = [
+            f"/similar/{rng.choice(tickers)}?k=10"
+            + (f"&date={rng.choice(older)}" if older and rng.random() < args.historical else "")
+            for _ in range(10_000)
+        ]
         paths_file = work / "paths.txt"
         paths_file.write_text("\n".join(paths) + "\n")
         body = httpx.get(f"http://127.0.0.1:{port}{paths[0]}").content
@@ -246,6 +266,7 @@ def main() -> None:
 
     table = Table(
         title=f"GET /similar, {args.assets:,} assets, {args.connections} connections, "
+        f"{args.historical:.0%} on older dates, "
         f"{args.requests:,} requests per run after {args.warmup:,} warm-up, body {len(body)} bytes (server core 0, wrk core 1)"
     )
     for column in ("server", "requests/s", "p50 ms", "p99 ms", "errors"):

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from starlette.responses import Response
 
 from fascl.settings import Settings, get_settings
+from index import ann
 from index.errors import UnknownTicker
 from index.store import IndexStore
 from service.db import make_engine, session_factory
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        # OpenMP's thread count is per calling thread, and queries run on the event loop's thread.
+        ann.set_threads(settings.omp_threads)
         await asyncio.to_thread(registry.refresh)
         publish_index_metrics()
 
@@ -176,6 +179,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     def similar_batch(snap: SnapshotDep, batch: SimilarBatch) -> Response:
         """Many queries in one call; each item carries its result or the error it would have returned."""
+        # A sync route: up to 1,000 searches stay off the event loop, on a threadpool thread whose
+        # OpenMP thread count is its own (set here, as the loop's is in the lifespan).
+        ann.set_threads(settings.omp_threads)
         items = []
         for q in batch.queries:
             try:

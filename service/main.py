@@ -1,5 +1,13 @@
 """The ASGI app: `uvicorn service.main:app` (settings from FASCL_* environment variables)."""
 
-from service.app import create_app
+import os
+
+from fascl.settings import get_settings
+
+# Before faiss loads: OpenMP sizes the pool of every thread from this (uvicorn's own threads
+# included), and a pool as wide as the machine per worker oversubscribes the cores.
+os.environ.setdefault("OMP_NUM_THREADS", str(get_settings().omp_threads))
+
+from service.app import create_app  # noqa: E402
 
 app = create_app()

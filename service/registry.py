@@ -9,6 +9,7 @@ correlations, API key hashes) is loaded here, off the request path.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -98,6 +99,17 @@ def build_snapshot(reader: IndexReader, session: Session | None) -> Snapshot:
     )
 
 
+def settle_heap() -> None:
+    """Collect once, then freeze the survivors (snapshot, app, libraries) out of the cyclic GC's reach.
+
+    A full collection walks every tracked object: about 80 ms with a 5,000-asset snapshot loaded, a
+    pause that requests in flight would wait through. Unfreezing first lets the previous snapshot's
+    cycles be collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class IndexRegistry:
     """Holds the current snapshot and the API key cache; `refresh()` swaps when SQL says so."""
 
@@ -146,5 +158,6 @@ class IndexRegistry:
         self.current = snapshot  # one reference assignment: requests see the old or the new, never a mix
         self.swaps += 1
         self.last_error = None
+        settle_heap()
         log.info("serving index version %s (model %s)", snapshot.index_version, snapshot.model_version)
         return True

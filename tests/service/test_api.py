@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -252,6 +254,7 @@ def test_reload_swaps_to_the_new_active_version(env, deployment, panel):
         before = client.get(f"/similar/{panel.tickers[0]}").json()
         assert before["index_version"] == deployment.versions[0]
         assert client.post("/admin/reload").json()["swapped"] is False
+        old = weakref.ref(client.app.state.registry.current)
         with session_scope(factory) as session:
             store = IndexStore(deployment.home / "indexes")
             register_index(session, store.open_version(deployment.versions[1]), activate=True)
@@ -259,6 +262,8 @@ def test_reload_swaps_to_the_new_active_version(env, deployment, panel):
         assert reload == {"swapped": True, "index_version": deployment.versions[1], "error": None}
         after = client.get(f"/similar/{panel.tickers[0]}").json()
         assert after["index_version"] == deployment.versions[1]
+        # nothing holds the old snapshot once the swap's collection ran: its memory is back
+        assert old() is None
         # the second version starts later: its first date is the new lower bound
         error_of(
             client.get(f"/similar/{panel.tickers[0]}", params={"date": "2010-10-15"}),
@@ -287,3 +292,20 @@ def test_openapi_documents_the_routes_with_examples(client):
         "min_score",
         "include_realized",
     }
+
+
+def test_queries_run_with_the_configured_openmp_threads(env):
+    """OpenMP's thread count is per thread: the event loop's thread, where queries run, gets the setting."""
+    import threading
+
+    import faiss
+
+    settings, _ = env
+    default = []
+    probe = threading.Thread(target=lambda: default.append(faiss.omp_get_max_threads()))
+    probe.start()
+    probe.join()
+    wanted = default[0] + 1  # what a new thread gets, plus one: differs whatever the machine
+    with TestClient(create_app(settings.model_copy(update={"omp_threads": wanted}))) as client:
+        assert client.get("/similar/AAAA").status_code in (200, 404)
+        assert client.portal.call(faiss.omp_get_max_threads) == wanted
