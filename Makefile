@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/import_speed.py
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/index_speed.py
+	$(BIN)/python bench/reindex_speed.py
 	$(BIN)/python bench/query_load.py
 
 clean:

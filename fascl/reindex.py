@@ -98,8 +98,9 @@ def _reindex(settings, factory, model, data, source, keep_days, console) -> Rein
     first_kept = dt.date.fromisoformat(old.manifest["dates"][0]) if old else None
     start = _window_start(panel, first_kept, keep_days)
     started = time.perf_counter()
+    # Incremental: the active version's unchanged dates are taken over, only new or corrected ones embedded.
     result = build_version(
-        checkpoint, panel, start=start, store=store, data_source=str(panel_path), console=console
+        checkpoint, panel, start=start, store=store, data_source=str(panel_path), console=console, reuse=old
     )
     with session_scope(factory) as session:
         load_assets(session, panel, panel_path.name)
@@ -109,7 +110,8 @@ def _reindex(settings, factory, model, data, source, keep_days, console) -> Rein
             row.status = "retired"
     message = (
         f"indexed {result.n_dates} dates ({start} .. {result.last_date}) in {time.perf_counter() - started:.0f} s; "
-        f"{new_dates} new"
+        f"{new_dates} new; {result.embedded_dates} embedded, {result.reused_dates} reused from "
+        f"{old.version if old else 'no earlier version'}"
     )
     return ReindexOutcome("succeeded", result.version, new_dates, message)
 

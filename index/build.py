@@ -4,6 +4,12 @@ The build is resumable: each finished date is durable in the staging directory
 (indexes/.staging/<model version>-<spec hash>/) before the next begins, and a rerun with the same
 checkpoint, data, range and index kind embeds only the dates not yet done. Nothing is visible under
 indexes/ until every date is done and the version is renamed into place (index/store.py).
+
+The build is incremental: given an earlier version (`reuse`) built by the same checkpoint with the
+same index settings, a date whose input is unchanged -- the same eligible tickers with the same
+window bars, compared by `window_digest` -- takes that version's files as they are instead of being
+embedded again. A nightly reindex therefore embeds only the new dates, while a correction to past
+bars (a split found later, say) re-embeds exactly the dates whose windows it touches.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from rich.progress import (
 
 from index import ann
 from index.embed import iter_embeddings, load_model, spec_key
+from index.errors import IndexCorruptError
 from index.store import IndexStore, IndexVersion, utcnow_iso
 from market.panel import Panel
 from model.features import build_cube
@@ -52,6 +59,7 @@ class BuildResult:
     dim: int
     embedded_dates: int  # by this run
     resumed_dates: int  # found done in the staging directory
+    reused_dates: int  # taken over from the `reuse` version
     seconds: float
     disk_bytes: int
     device: str
@@ -71,11 +79,20 @@ def date_positions(dates: np.ndarray, eligible: np.ndarray, start=None, end=None
     return pos[eligible[lo:hi].any(axis=1)]
 
 
-def ticker_table(panel: Panel, eligible: np.ndarray, positions: np.ndarray) -> tuple[dict, np.ndarray]:
+def ticker_table(
+    panel: Panel, eligible: np.ndarray, positions: np.ndarray, prior: list[str] | None = None
+) -> tuple[dict, np.ndarray]:
     """The version's ticker table (assets with a vector on some date of the build) and the map
-    panel column -> asset id (-1 for assets never indexed)."""
+    panel column -> asset id (-1 for assets never indexed).
+
+    With `prior` (an earlier version's tickers), its tickers keep their order and new ones follow,
+    so asset ids stay those of the earlier version and its files can be reused unchanged."""
     sub = eligible[positions]
     cols = np.flatnonzero(sub.any(axis=0))
+    if prior:
+        rank = {t: i for i, t in enumerate(prior)}
+        tickers = panel.tickers
+        cols = np.array(sorted(cols, key=lambda c: (rank.get(tickers[c], len(rank)), c)), dtype=np.int64)
     asset_of_col = np.full(panel.n_assets, -1, dtype=np.int64)
     asset_of_col[cols] = np.arange(len(cols))
     covered = sub[:, cols]
@@ -89,6 +106,30 @@ def ticker_table(panel: Panel, eligible: np.ndarray, positions: np.ndarray) -> t
     table["last_date"] = [str(d) for d in panel.dates[last]]
     table["n_dates"] = [int(n) for n in covered.sum(axis=0)]
     return table, asset_of_col
+
+
+def window_digest(cube, pos: int, cols: np.ndarray) -> str:
+    """sha256 of what a date's vectors are computed from: the eligible tickers and their window bars."""
+    digest = hashlib.sha256("\x1f".join(cube.tickers[cols]).encode())
+    window = cube.series[:, pos - cube.window + 1 : pos + 1, torch.from_numpy(cols)]
+    digest.update(window.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def reusable_dates(reuse, info, index_kind: str, params: ann.AnnParams, digests: dict[str, str]) -> list[str]:
+    """Dates of `reuse` (an IndexVersion) whose files this build can take as they are."""
+    if reuse is None:
+        return []
+    m = reuse.manifest
+    same_build = (
+        m["model"].get("checkpoint_sha256") == info.sha256
+        and m["index"].get("requested_kind") == index_kind
+        and m["index"].get("params") == params.to_dict()
+    )
+    if not same_build:
+        return []
+    old = dict(zip(m["dates"], m.get("windows") or [None] * len(m["dates"]), strict=True))
+    return [d for d, digest in digests.items() if old.get(d) is not None and old[d] == digest]
 
 
 def build_version(
@@ -108,12 +149,14 @@ def build_version(
     console: Console | None = None,
     progress: bool = True,
     on_date: Callable[[str, int], None] | None = None,
+    reuse: IndexVersion | None = None,
 ) -> BuildResult:
     """Embed, index and publish the dates of `panel` in [start, end] with `checkpoint`.
 
     `panel` must hold the 63 trading days before `start` for the first dates to have windows.
     `on_date(date, done_so_far)` is called after each date is durable (progress hooks; tests use it
-    to interrupt a build). `keep` (default: the store's, FASCL_INDEX_KEEP) versions are kept."""
+    to interrupt a build). `keep` (default: the store's, FASCL_INDEX_KEEP) versions are kept.
+    `reuse`: an earlier version whose unchanged dates are taken over rather than embedded again."""
     started = time.perf_counter()
     params = params or ann.AnnParams()
     console = console or Console(quiet=not progress)
@@ -135,8 +178,18 @@ def build_version(
             f"no date in [{start or panel.dates[0]}, {end or panel.dates[-1]}] has an asset with "
             f"{info.window} days of history in this panel"
         )
-    tickers, asset_of_col = ticker_table(panel, cube.eligible, positions)
     day = [str(d) for d in panel.dates[positions]]
+    digests = {
+        d: window_digest(cube, int(p), cube.eligible_assets(int(p)))
+        for p, d in zip(positions, day, strict=True)
+    }
+    reusable = reusable_dates(reuse, info, index_kind, params, digests)
+    prior = reuse.manifest["tickers"]["ticker"] if reusable else None
+    tickers, asset_of_col = ticker_table(panel, cube.eligible, positions, prior)
+    id_of_old = None
+    if reusable:  # asset ids of the earlier version -> ids of this one (-1: not in this one)
+        col_of = {t: c for c, t in enumerate(panel.tickers)}
+        id_of_old = np.array([asset_of_col[col_of[t]] if t in col_of else -1 for t in prior], dtype=np.int64)
     spec = {
         "checkpoint_sha256": info.sha256,
         "data_fingerprint": panel.fingerprint(),
@@ -146,13 +199,25 @@ def build_version(
         "index_kind": index_kind,
         "params": params.to_dict(),
         "tickers_sha256": hashlib.sha256("\n".join(tickers["ticker"]).encode()).hexdigest(),
+        "reuse": reuse.version if reusable else None,
     }
     staging = store.staging(f"{info.version}-{spec_key(spec)}", spec)
     records = {d: r for d, r in staging.done().items() if d in set(day)}
-    todo = [int(p) for p, d in zip(positions, day, strict=True) if d not in records]
     resumed = len(records)
     if resumed:
         console.print(f"resuming {staging.path}: {resumed} of {len(day)} dates already done")
+    reused = 0
+    for date in reusable:
+        if date not in records:
+            try:
+                records[date] = _take_over(staging, reuse, date, id_of_old, params, digests[date])
+                reused += 1
+            except IndexCorruptError as exc:  # embed it again instead
+                console.print(f"[yellow]not reusing {date}: {exc}[/]")
+    staging.commit()
+    if reused:
+        console.print(f"reusing {reused} unchanged dates of {reuse.version}")
+    todo = [int(p) for p, d in zip(positions, day, strict=True) if d not in records]
     columns = (
         TextColumn("[bold]embed+index"),
         BarColumn(),
@@ -169,10 +234,14 @@ def build_version(
                 model, cube, todo, batch_size=batch_size, device=device
             ):
                 ids = asset_of_col[cols]
+                order = np.argsort(ids, kind="stable")  # ids ascending (the store's layout)
+                ids, vectors = ids[order], vectors[order]
                 kind = ann.choose_kind(len(ids), index_kind, gpu=use_gpu)
                 index = ann.build_index(vectors, ids, kind, params=params, use_gpu=use_gpu)
                 date = str(panel.dates[pos])
-                records[date] = staging.write_date(date, vectors, ids, faiss.serialize_index(index), kind)
+                records[date] = staging.write_date(
+                    date, vectors, ids, faiss.serialize_index(index), kind, window=digests[date]
+                )
                 vectors_done += len(ids)
                 bar.update(task, advance=1, vectors=vectors_done)
                 if time.monotonic() - last_commit > COMMIT_SECONDS:
@@ -211,6 +280,8 @@ def build_version(
             "batch_size": batch_size,
             "embedded_dates": len(todo),
             "resumed_dates": resumed,
+            "reused_dates": reused,
+            "reused_from": reuse.version if reused else None,
             "seconds": round(time.perf_counter() - started, 3),
             "host_time": dt.datetime.now().isoformat(timespec="seconds"),
         },
@@ -230,12 +301,26 @@ def build_version(
         dim=info.dim,
         embedded_dates=len(todo),
         resumed_dates=resumed,
+        reused_dates=reused,
         seconds=time.perf_counter() - started,
         disk_bytes=store.disk_bytes(published.version),
         device=str(device),
         kinds=sorted(set(published.kinds)),
         pruned=list(store.last_pruned),
     )
+
+
+def _take_over(staging, source: IndexVersion, date: str, id_of_old, params, window: str) -> dict:
+    """One unchanged date of `source` into `staging`: hard links when its asset ids are unchanged,
+    otherwise its vectors under the new ids with the index rebuilt from them (no embedding)."""
+    ids, vectors = source.read_vectors(date, mmap=False)
+    new_ids = id_of_old[ids]
+    if np.array_equal(new_ids, ids):
+        return staging.link_date(date, source, window=window)
+    # tickers kept their relative order (ticker_table's `prior`), so the new ids stay ascending
+    kind = source.kinds[source.position(date)]
+    index = ann.build_index(vectors, new_ids, kind, params=params)
+    return staging.write_date(date, vectors, new_ids, faiss.serialize_index(index), kind, window=window)
 
 
 def publish_arrays(

@@ -9,6 +9,8 @@ On disk (one directory per published version; names starting with "." are never 
         vectors/<YYYY-MM-DD>.npy      float32 (n, d), L2-normalised: the embedding store (mmap-able)
         ids/<YYYY-MM-DD>.npy          int32 (n,) asset ids, ascending, into the manifest's ticker table
         faiss/<YYYY-MM-DD>.faiss      the date's IndexIDMap2 (flat, hnsw or ivf), ids = asset ids
+      A version built from an earlier one shares the files of the dates it took over as hard links:
+      published files are never modified in place, so a link is as good as a copy.
       .staging/<build key>/           an unfinished build: the same layout plus build.json and
                                       progress.jsonl (one line per finished date); a rerun resumes it
       .trash-<version>/               a pruned version on its way out (renamed first, then deleted)
@@ -176,7 +178,15 @@ class Staging:
                 records[record["date"]] = record
         return records
 
-    def write_date(self, date: str, vectors: np.ndarray, ids: np.ndarray, index_bytes, kind: str) -> dict:
+    def write_date(
+        self,
+        date: str,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        index_bytes,
+        kind: str,
+        window: str | None = None,
+    ) -> dict:
         """Write one date's vectors, ids and serialised index (temp name + rename, not yet fsynced).
 
         The date counts as done only after `commit()`, which fsyncs its files and then appends its
@@ -189,7 +199,31 @@ class Staging:
             (f"faiss/{date}.faiss", index_bytes),
         ):
             files[rel] = write_file(self.path / rel, data, sync=False)
-        record = {"date": date, "count": int(len(ids)), "kind": kind, "files": files}
+        record = {"date": date, "count": int(len(ids)), "kind": kind, "files": files, "window": window}
+        self._pending.append(record)
+        return record
+
+    def link_date(self, date: str, source: IndexVersion, window: str | None = None) -> dict:
+        """Take one date's files from a published version as hard links (a copy across file
+        systems), after checking them against its manifest: a corrupt file is never carried on."""
+        source.verify_date(date)
+        pos = source.position(date)
+        files = {}
+        for rel in source.date_files(date).values():
+            target = self.path / rel
+            target.unlink(missing_ok=True)
+            try:
+                os.link(source.path / rel, target)
+            except OSError:
+                shutil.copy2(source.path / rel, target)
+            files[rel] = dict(source.files[rel])
+        record = {
+            "date": date,
+            "count": int(source.counts[pos]),
+            "kind": source.kinds[pos],
+            "files": files,
+            "window": window,
+        }
         self._pending.append(record)
         return record
 
@@ -272,6 +306,10 @@ class IndexVersion:
             "ids": f"ids/{date}.npy",
             "index": f"faiss/{date}.faiss",
         }
+
+    def position(self, date) -> int:
+        """The date's row in the manifest's per-date lists (dates, counts, kinds, windows)."""
+        return self._date_pos[self.date_key(date)]
 
     def date_key(self, date) -> str:
         key = str(np.datetime64(date, "D"))
@@ -491,6 +529,8 @@ class IndexStore:
             "dates": dates,
             "counts": [records[d]["count"] for d in dates],
             "kinds": [records[d]["kind"] for d in dates],
+            # each date's input digest (index.build.window_digest): what lets a later build reuse it
+            "windows": [records[d].get("window") for d in dates],
             "files": {rel: meta for d in dates for rel, meta in records[d]["files"].items()},
         }
         version = manifest["version"]

@@ -61,10 +61,18 @@ def build(
     activate: Annotated[
         bool, typer.Option(help="Make the new version active in SQL (the service swaps to it)")
     ] = True,
+    reuse: Annotated[
+        str,
+        typer.Option(
+            help="Take the dates whose input is unchanged from this version instead of embedding them "
+            "again (same checkpoint and index settings only): a version name, 'latest' or 'none'"
+        ),
+    ] = "latest",
 ) -> None:
     """Embed every eligible asset on every date of the range, index each date, publish a version.
 
-    Resumable: rerun the same command after an interruption and finished dates are kept."""
+    Resumable: rerun the same command after an interruption and finished dates are kept.
+    Incremental: dates unchanged since the --reuse version are taken from it, not embedded again."""
     import pandas as pd
 
     from fascl.cli.panels import load_panel_or_exit
@@ -75,6 +83,14 @@ def build(
     load_from = None if from_ is None else pd.Timestamp(from_) - pd.Timedelta(days=160)
     path, panel = load_panel_or_exit(data, console, start=load_from, end=to)
     store = _store()
+    source = None
+    if reuse != "none" and (reuse != "latest" or store.latest_version() is not None):
+        from index.errors import IndexStoreError
+
+        try:
+            source = store.open_version(None if reuse == "latest" else reuse, verify="lazy")
+        except IndexStoreError as exc:
+            raise _fail(f"--reuse {reuse}: {exc}") from None
     try:
         result = build_version(
             model,
@@ -89,6 +105,7 @@ def build(
             data_source=str(path),
             console=console,
             progress=progress,
+            reuse=source,
         )
     except (CheckpointError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -98,7 +115,10 @@ def build(
     table.add_row("dates", f"{result.first_date} to {result.last_date} ({result.n_dates:,})")
     table.add_row("vectors", f"{result.vectors:,} x {result.dim}")
     table.add_row("index kinds", ", ".join(result.kinds))
-    table.add_row("embedded / resumed dates", f"{result.embedded_dates:,} / {result.resumed_dates:,}")
+    table.add_row(
+        "embedded / resumed / reused dates",
+        f"{result.embedded_dates:,} / {result.resumed_dates:,} / {result.reused_dates:,}",
+    )
     table.add_row("seconds", f"{result.seconds:,.1f}")
     table.add_row("disk size", human_bytes(result.disk_bytes))
     table.add_row("device", result.device)

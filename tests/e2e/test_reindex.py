@@ -48,6 +48,10 @@ def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
     assert outcome.dates_added == 10
     new = store.open_version(outcome.index_version)
     assert new.manifest["dates"][0] == "2011-01-03" and new.manifest["dates"][-1] == str(full.dates[-1])
+    # Incremental: only tonight's dates went through the model; the rest are the live version's files.
+    assert new.manifest["build"]["embedded_dates"] == 10
+    assert new.manifest["build"]["reused_dates"] == first.n_dates == len(new.manifest["dates"]) - 10
+    assert "10 embedded" in outcome.message
     with factory() as session:
         assert active_index(session).version == outcome.index_version
 

@@ -80,3 +80,30 @@ def test_build_activates_the_version_in_sql_once_the_database_is_migrated(home, 
     engine.dispose()
     assert len(rows) == 2 and rows[first] is False and sum(rows.values()) == 1
     invoke("index", "activate", "no-such-version", code=1)
+
+
+@pytest.mark.parametrize("reuse", ["latest", "none"])
+def test_cli_build_reuses_the_latest_version_unless_told_not_to(home, checkpoint, reuse):
+    from index.store import IndexStore
+
+    args = (
+        "index",
+        "build",
+        "--model",
+        str(checkpoint),
+        "--from",
+        SHORT[0],
+        "--to",
+        SHORT[1],
+        "--no-progress",
+    )
+    invoke(*args)
+    out = invoke(*args, "--reuse", reuse)
+    assert "embedded / resumed / reused dates" in out
+    store = IndexStore(home / "indexes")
+    done = store.open_version(store.latest_version()).manifest["build"]
+    n_dates = done["embedded_dates"] + done["reused_dates"]
+    assert (done["embedded_dates"], done["reused_dates"]) == (
+        (0, n_dates) if reuse == "latest" else (n_dates, 0)
+    )
+    invoke(*args, "--reuse", "no-such-version", code=1)
