@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             task.cancel()
             engine.dispose()
+            metrics.close()
 
     app = FastAPI(
         title="FASCL asset retrieval",
@@ -116,8 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         snap = registry.current
         if snap is None:
             return
-        metrics.index_info.clear()
-        metrics.index_info.labels(snap.index_version, snap.model_version).set(1)
+        metrics.serving(snap.index_version, snap.model_version)
         metrics.swaps.set(registry.swaps)
 
     # ------------------------------------------------------------ dependencies

@@ -1,18 +1,30 @@
-"""Prometheus metrics: request latency by route and status, the served index version and its age."""
+"""Prometheus metrics: request latency by route and status, the served index version and its age.
+
+Under several uvicorn workers each process counts its own requests, and a scrape reaches one of
+them. `fascl serve --workers N` therefore sets PROMETHEUS_MULTIPROC_DIR (prometheus_client's
+multiprocess mode): every worker writes its values to files there, and /metrics, whichever worker
+answers it, sums the histograms of all of them. Gauges take the maximum over the live workers.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest, multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Buckets in seconds, dense below 10 ms where the similarity route lives.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
 
 
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class ServiceMetrics:
     def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "fascl_request_seconds",
@@ -26,18 +38,41 @@ class ServiceMetrics:
             "The served index version (value 1)",
             ["index_version", "model_version"],
             registry=self.registry,
+            multiprocess_mode="livemax",  # 1 for every version some live worker serves
         )
         self.newest_date_age = Gauge(
             "fascl_index_newest_date_age_days",
             "Days between today and the newest indexed date",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.swaps = Gauge(
-            "fascl_index_swaps_total", "Index versions swapped in since start", registry=self.registry
+            "fascl_index_swaps_total",
+            "Index versions swapped in since start (the most of any worker)",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
+        self._served: tuple[str, str] | None = None
+
+    def serving(self, index_version: str, model_version: str) -> None:
+        """Mark the served version. The previous one is set to 0 rather than removed: in multiprocess
+        mode a removed child's last value would stay in this worker's file."""
+        if self._served is not None and self._served != (index_version, model_version):
+            self.index_info.labels(*self._served).set(0)
+        self.index_info.labels(index_version, model_version).set(1)
+        self._served = (index_version, model_version)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """A worker's shutdown: its live gauges leave the aggregate (its histogram counts stay)."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
 
 
 class MetricsMiddleware:

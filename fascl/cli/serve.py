@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fascl.settings import get_settings
+
+
+def metrics_dir(given: str | None) -> Path:
+    """The workers' shared metrics directory, emptied: values from an earlier run must not count."""
+    if not given:
+        return Path(tempfile.mkdtemp(prefix="fascl-metrics-"))
+    path = Path(given)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path
 
 
 def serve(
@@ -24,13 +38,22 @@ def serve(
 
     settings = get_settings()
     threads = omp_threads or settings.omp_threads
+    workers = workers or settings.workers
     # Before faiss and torch load in the workers: a thread pool per worker, sized on purpose.
     os.environ["OMP_NUM_THREADS"] = os.environ["FASCL_OMP_THREADS"] = str(threads)
-    uvicorn.run(
-        "service.main:app",
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        log_level=log_level,
-        access_log=False,  # a log line per request costs more than the query; /metrics has the counts
-    )
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    shared = metrics_dir(given) if workers > 1 else None
+    if shared is not None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
+    try:
+        uvicorn.run(
+            "service.main:app",
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers,
+            log_level=log_level,
+            access_log=False,  # a log line per request costs more than the query; /metrics has the counts
+        )
+    finally:
+        if shared is not None and not given:
+            shutil.rmtree(shared, ignore_errors=True)

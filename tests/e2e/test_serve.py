@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,8 +39,9 @@ def deployment(tmp_path_factory):
     return make_deployment(tmp_path_factory.mktemp("home"), versions=2)
 
 
-@pytest.fixture
-def server(deployment, database_url, tmp_path):
+@contextlib.contextmanager
+def serving(deployment, database_url, log_file: Path, *args: str):
+    """`fascl serve` in a real process on a free port, the first version active; yields (base URL, sessions)."""
     env = {
         **os.environ,
         "FASCL_HOME": str(deployment.home),
@@ -46,6 +49,7 @@ def server(deployment, database_url, tmp_path):
         "FASCL_INDEX_POLL_SECONDS": "0.5",
         "FASCL_DATASET": "synthetic",
     }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     run(["db", "upgrade"], env)
     assert "40 added" in run(["db", "load-assets"], env)
     engine = make_engine(database_url)
@@ -53,9 +57,9 @@ def server(deployment, database_url, tmp_path):
     with session_scope(factory) as session:
         register_index(session, IndexStore(deployment.home / "indexes").open_version(deployment.versions[0]))
     port = free_port()
-    log = open(tmp_path / "server.log", "w")
+    log = open(log_file, "w")  # noqa: SIM115 - closed in finally, after the process
     process = subprocess.Popen(
-        FASCL + ["serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        FASCL + ["serve", "--port", str(port), *args], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -66,16 +70,22 @@ def server(deployment, database_url, tmp_path):
                     break
             except httpx.TransportError:
                 pass
-            assert process.poll() is None, Path(tmp_path / "server.log").read_text()
+            assert process.poll() is None, log_file.read_text()
             time.sleep(0.2)
         else:
-            pytest.fail("server not ready in 60 s:\n" + Path(tmp_path / "server.log").read_text())
+            pytest.fail("server not ready in 60 s:\n" + log_file.read_text())
         yield base, factory
     finally:
         process.terminate()
         process.wait(timeout=20)
         log.close()
         engine.dispose()
+
+
+@pytest.fixture
+def server(deployment, database_url, tmp_path):
+    with serving(deployment, database_url, tmp_path / "server.log") as running:
+        yield running
 
 
 def test_queries_over_http_and_a_hot_swap_by_polling(server, deployment):
@@ -102,3 +112,22 @@ def test_queries_over_http_and_a_hot_swap_by_polling(server, deployment):
         else:
             pytest.fail("the server did not swap to the newly active index version")
         assert 'index_version="' + deployment.versions[1] in http.get("/metrics").text
+
+
+def request_count(metrics_text: str, route: str) -> int:
+    pattern = rf'fascl_request_seconds_count\{{[^}}]*route="{re.escape(route)}"[^}}]*status="200"[^}}]*\}} ([0-9.e+]+)'
+    return int(sum(float(v) for v in re.findall(pattern, metrics_text)))
+
+
+def test_metrics_add_up_over_several_workers(deployment, database_url, tmp_path):
+    """Two workers answer the requests; every scrape, whichever worker serves it, counts all of them."""
+    with serving(deployment, database_url, tmp_path / "server.log", "--workers", "2") as (base, _):
+        # A fresh connection per request: the kernel spreads them over both workers' accepts.
+        tickers = [a["ticker"] for a in httpx.get(f"{base}/assets", params={"limit": 10}).json()["items"]]
+        for i in range(60):
+            assert httpx.get(f"{base}/similar/{tickers[i % 10]}", params={"k": 3}).status_code == 200
+        scrapes = [httpx.get(f"{base}/metrics").text for _ in range(10)]
+    assert all(request_count(text, "/similar/{ticker}") == 60 for text in scrapes), [
+        request_count(text, "/similar/{ticker}") for text in scrapes
+    ]
+    assert all('fascl_index_info{index_version="' + deployment.versions[0] in text for text in scrapes)

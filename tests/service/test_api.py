@@ -264,6 +264,12 @@ def test_reload_swaps_to_the_new_active_version(env, deployment, panel):
         assert after["index_version"] == deployment.versions[1]
         # nothing holds the old snapshot once the swap's collection ran: its memory is back
         assert old() is None
+        served = {
+            line.split('index_version="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("fascl_index_info{")
+        }
+        assert served == {deployment.versions[0]: 0.0, deployment.versions[1]: 1.0}
         # the second version starts later: its first date is the new lower bound
         error_of(
             client.get(f"/similar/{panel.tickers[0]}", params={"date": "2010-10-15"}),
