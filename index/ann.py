@@ -178,6 +178,36 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarra
     return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
+# Every asset's top neighbors per date are precomputed (stored by the build, or computed at open for
+# the newest date) up to this many assets a date: one all-pairs search is O(n^2 d).
+NEIGHBOR_TABLE_MAX = 20_000
+NEIGHBOR_DTYPE = np.dtype([("id", np.int32), ("score", np.float32)])
+
+
+def drop_self(
+    labels: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a k+1 all-pairs search without each query's own id: its match, or where it fell
+    outside the k+1 (ties between duplicates), the last column."""
+    keep = labels != ids[:, None]
+    keep[keep.all(axis=1), -1] = False
+    return labels[keep].reshape(len(ids), k), scores[keep].reshape(len(ids), k)
+
+
+def neighbor_table(vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Every asset's exact top-k by inner product among the others, best first, as a structured
+    (n, k) array of (id, score); rows of a date with fewer than k+1 assets end in id -1."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    scores, rows = flat.search(vectors, k + 1)
+    labels = np.where(rows >= 0, np.asarray(ids, dtype=np.int64)[np.maximum(rows, 0)], -1)
+    labels, scores = drop_self(labels, scores, np.asarray(ids, dtype=np.int64), k)
+    table = np.empty(labels.shape, dtype=NEIGHBOR_DTYPE)
+    table["id"], table["score"] = labels, scores
+    return table
+
+
 def recall_at_k(approx: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
     """Share of the exact top-k ids that the approximate search also returned in its top k."""
     a, e = np.asarray(approx)[:, :k], np.asarray(exact)[:, :k]

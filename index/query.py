@@ -40,11 +40,12 @@ from index.store import IndexStore, IndexVersion
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 MAX_K = 1000
-# The newest date's unfiltered top-HOT_NEIGHBORS lists are computed at open by one all-pairs faiss
-# search (0.2 s at 5,000 assets; O(N^2 d), hence the size cap), so the most common query -- "similar
-# to X now" -- is a table lookup. Filtered, larger-k and historical queries search the index.
+# Unfiltered queries for k up to a date's table width are row lookups. Builds store a top-K table
+# per date (index.build.NEIGHBORS); the newest date's, if narrower than `hot_neighbors`, is computed
+# at open by one all-pairs faiss search (0.2 s at 5,000 assets; O(N^2 d), hence the size cap), so
+# the most common query -- "similar to X now" -- is a lookup for every k the service allows.
+# Filtered and wider queries search the index.
 HOT_NEIGHBORS = 50
-HOT_TABLE_MAX = 20_000
 _tuple_new = tuple.__new__
 
 
@@ -81,8 +82,9 @@ class _Entry:
 
     `xb` is a zero-copy numpy view of a flat index's own vector storage and `row[asset id]` the
     asset's row in it (-1: no vector that date), so the query vector is read from the index by id
-    without the copy `reconstruct` makes; other kinds use `reconstruct`. `table` holds, for the hot
-    date only, every asset's precomputed top neighbors (one all-pairs search at open)."""
+    without the copy `reconstruct` makes; other kinds use `reconstruct`. `table` holds every
+    asset's precomputed top neighbors (ids, scores), rows in index order: the stored table of the
+    date, or for the newest date one computed at open when it asks for more columns."""
 
     __slots__ = ("pos", "kind", "index", "present", "row", "xb", "nbytes", "table")
 
@@ -189,9 +191,11 @@ class IndexReader:
         if not self._dates:
             raise QueryError(f"index version {v.version} has no dates")
         self._hot = self._load(len(self._dates) - 1, mmap=False)
-        if hot_neighbors and self._hot.kind == "flat" and 1 < self._hot.index.ntotal <= HOT_TABLE_MAX:
-            _, labels, scores = self.all_pairs(None, k=min(hot_neighbors, self._hot.index.ntotal - 1))
-            self._hot.table = (labels, scores)
+        hot = self._hot
+        stored = 0 if hot.table is None else hot.table[0].shape[1]
+        if hot_neighbors > stored and hot.kind == "flat" and 1 < hot.index.ntotal <= ann.NEIGHBOR_TABLE_MAX:
+            _, labels, scores = self.all_pairs(None, k=min(hot_neighbors, hot.index.ntotal - 1))
+            hot.table = (labels, scores)
 
     # --------------------------------------------------------------- metadata
     @property
@@ -285,8 +289,13 @@ class IndexReader:
         nbytes = (
             self._version.files[f"faiss/{date}.faiss"]["bytes"] + 48 * index.ntotal + 9 * len(self._tickers)
         )
+        entry = _Entry(pos, kind, index, len(self._tickers), self.dim, nbytes)
+        table = self._version.read_neighbors(date)
+        if table is not None:
+            entry.table = (table["id"], table["score"])
+            entry.nbytes += table.nbytes
         self.stats["loads"] += 1
-        return _Entry(pos, kind, index, len(self._tickers), self.dim, nbytes)
+        return entry
 
     def _entry(self, pos: int) -> _Entry:
         hot = self._hot
@@ -519,11 +528,7 @@ class IndexReader:
         ids = faiss.vector_to_array(entry.index.id_map)
         x = entry.xb if entry.xb is not None else np.vstack([entry.index.reconstruct(int(a)) for a in ids])
         scores, labels = entry.index.search(x, k + 1, params=ann.search_params(entry.kind, entry.index))
-        keep = labels != ids[:, None]
-        # drop the self match (or, if it fell outside the top k+1, the last column)
-        keep[keep.all(axis=1), -1] = False
-        labels = labels[keep].reshape(len(ids), k)
-        scores = scores[keep].reshape(len(ids), k)
+        labels, scores = ann.drop_self(labels, scores, ids, k)
         return ids, labels, scores
 
     def close(self) -> None:

@@ -9,6 +9,9 @@ On disk (one directory per published version; names starting with "." are never 
         vectors/<YYYY-MM-DD>.npy      float32 (n, d), L2-normalised: the embedding store (mmap-able)
         ids/<YYYY-MM-DD>.npy          int32 (n,) asset ids, ascending, into the manifest's ticker table
         faiss/<YYYY-MM-DD>.faiss      the date's IndexIDMap2 (flat, hnsw or ivf), ids = asset ids
+        neighbors/<YYYY-MM-DD>.npy    (n, K) of (id int32, score float32): each asset's exact top-K
+                                      others, best first, rows in ids order (manifest index.neighbors =
+                                      K; absent when 0 or the date has more than 20,000 assets)
       A version built from an earlier one shares the files of the dates it took over as hard links:
       published files are never modified in place, so a link is as good as a copy.
       .staging/<build key>/           an unfinished build: the same layout plus build.json and
@@ -55,6 +58,7 @@ LOCK = ".lock"
 # Versions up to this size are verified in full when opened; larger ones date by date on first use.
 EAGER_VERIFY_BYTES = 256 * 2**20
 _CHUNK = 4 * 2**20
+SUBDIRS = ("vectors", "ids", "faiss", "neighbors")
 
 
 # ----------------------------------------------------------------- file helpers
@@ -149,7 +153,7 @@ class Staging:
             for child in self.path.iterdir():
                 if child.name != LOCK:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
-        for sub in ("vectors", "ids", "faiss"):
+        for sub in SUBDIRS:
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         if not spec_file.exists():
             write_file(spec_file, json.dumps(spec, indent=1).encode())
@@ -186,6 +190,7 @@ class Staging:
         index_bytes,
         kind: str,
         window: str | None = None,
+        neighbors: np.ndarray | None = None,
     ) -> dict:
         """Write one date's vectors, ids and serialised index (temp name + rename, not yet fsynced).
 
@@ -197,6 +202,7 @@ class Staging:
             (f"vectors/{date}.npy", npy_bytes(vectors.astype(np.float32, copy=False))),
             (f"ids/{date}.npy", npy_bytes(ids.astype(np.int32, copy=False))),
             (f"faiss/{date}.faiss", index_bytes),
+            *([(f"neighbors/{date}.npy", npy_bytes(neighbors))] if neighbors is not None else []),
         ):
             files[rel] = write_file(self.path / rel, data, sync=False)
         record = {"date": date, "count": int(len(ids)), "kind": kind, "files": files, "window": window}
@@ -234,7 +240,7 @@ class Staging:
             return 0
         paths = [self.path / rel for record in pending for rel in record["files"]]
         fsync_paths(paths)
-        for sub in ("vectors", "ids", "faiss"):
+        for sub in SUBDIRS:
             fsync_dir(self.path / sub)
         with open(self._progress, "a") as fh:
             fh.write("".join(json.dumps(record) + "\n" for record in pending))
@@ -301,11 +307,14 @@ class IndexVersion:
         return pd.DataFrame(self.manifest["tickers"])
 
     def date_files(self, date: str) -> dict[str, str]:
-        return {
+        files = {
             "vectors": f"vectors/{date}.npy",
             "ids": f"ids/{date}.npy",
             "index": f"faiss/{date}.faiss",
         }
+        if f"neighbors/{date}.npy" in self.files:
+            files["neighbors"] = f"neighbors/{date}.npy"
+        return files
 
     def position(self, date) -> int:
         """The date's row in the manifest's per-date lists (dates, counts, kinds, windows)."""
@@ -338,9 +347,10 @@ class IndexVersion:
         with self._lock:
             self._verified.add(rel)
 
-    def verify_date(self, date, parts: Iterable[str] = ("vectors", "ids", "index")) -> None:
+    def verify_date(self, date, parts: Iterable[str] | None = None) -> None:
+        """Check the date's files (`parts` of vectors, ids, index, neighbors; default all it has)."""
         files = self.date_files(self.date_key(date))
-        for part in parts:
+        for part in files if parts is None else parts:
             self.verify_file(files[part])
 
     def verify_all(self, *, force: bool = False) -> None:
@@ -387,6 +397,19 @@ class IndexVersion:
                 str(vectors.shape),
             )
         return ids, vectors
+
+    def read_neighbors(self, date) -> np.ndarray | None:
+        """The date's stored neighbor table ((n, K) of id, score; memory-mapped), or None if it has none."""
+        key = self.date_key(date)
+        rel = self.date_files(key).get("neighbors")
+        if rel is None:
+            return None
+        self.verify_file(rel)
+        table = np.load(self.path / rel, mmap_mode="r")
+        expected = (int(self.counts[self._date_pos[key]]), int(self.manifest["index"].get("neighbors", 0)))
+        if table.shape != expected:
+            raise IndexCorruptError(self.path / rel, "shape mismatch", str(expected), str(table.shape))
+        return table
 
     def read_index(self, date, *, mmap: bool = False):
         """The date's faiss index (checked first); `mmap` maps a flat index's vectors instead of reading them."""
@@ -538,7 +561,7 @@ class IndexStore:
         if target.exists():
             raise IndexStoreError(f"version {version} already exists at {target}")
         keep_files = set(manifest["files"])
-        for sub in ("vectors", "ids", "faiss"):  # files of dates outside this build
+        for sub in SUBDIRS:  # files of dates outside this build
             for file in (staging.path / sub).iterdir():
                 if f"{sub}/{file.name}" not in keep_files:
                     file.unlink()
@@ -547,7 +570,7 @@ class IndexStore:
         write_file(staging.path / MANIFEST_SUM, f"{hashlib.sha256(raw).hexdigest()}  {MANIFEST}\n".encode())
         for name in ("build.json", "progress.jsonl", LOCK):
             (staging.path / name).unlink(missing_ok=True)
-        for sub in ("vectors", "ids", "faiss", "."):
+        for sub in (*SUBDIRS, "."):
             fsync_dir(staging.path / sub)
         staging.path.rename(target)
         staging.close()

@@ -61,6 +61,13 @@ def build(
     activate: Annotated[
         bool, typer.Option(help="Make the new version active in SQL (the service swaps to it)")
     ] = True,
+    neighbors: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Store each date's top-K neighbors: unfiltered queries for k <= K become lookups (0: none)",
+        ),
+    ] = 20,
     reuse: Annotated[
         str,
         typer.Option(
@@ -106,6 +113,7 @@ def build(
             console=console,
             progress=progress,
             reuse=source,
+            neighbors=neighbors,
         )
     except (CheckpointError, ValueError) as exc:
         raise _fail(str(exc)) from None

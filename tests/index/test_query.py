@@ -15,7 +15,7 @@ from index.errors import (
     UnknownSector,
     UnknownTicker,
 )
-from tests.index.conftest import GAP_ASSET, GONE_ASSET
+from tests.index.conftest import GAP_ASSET, GONE_ASSET, build
 
 
 def brute_force(reader, ticker, date=None, k=10, allowed=None):
@@ -227,20 +227,46 @@ def test_all_pairs(reader):
         np.testing.assert_allclose(scores[row], [n.score for n in single.neighbors], atol=1e-5)
 
 
-def test_hot_neighbor_table_equals_search(built, reader):
-    """The newest date's precomputed lists answer exactly as a search of the index does."""
+def test_neighbor_tables_answer_as_an_exact_search(built, reader):
+    """Stored per-date tables (K = 20) and the newest date's wider one answer exactly as brute force;
+    wider k falls back to a search."""
     from index.query import IndexReader
 
     root, result = built
-    searching = IndexReader(result.version, root=root, hot_neighbors=0, omp_threads=1)
-    assert reader._hot.table is not None and searching._hot.table is None
-    for ticker in reader.tickers:
-        for k in (1, 10, 50):
-            a, b = reader.similar(ticker, k=k), searching.similar(ticker, k=k)
+    older = reader.dates[len(reader.dates) // 2]
+    assert reader._hot.table[0].shape[1] == 50  # computed at open: wider than the stored 20
+    assert reader._entry(reader.dates.index(older)).table[0].shape[1] == 20
+    narrow = IndexReader(result.version, root=root, hot_neighbors=0, omp_threads=1)
+    assert narrow._hot.table[0].shape[1] == 20  # the stored one, nothing computed
+    for ticker in reader.tickers[::3]:
+        for date in (None, older):
+            if not reader._entry(reader.dates.index(older)).present[reader.tickers.index(ticker)]:
+                continue
+            for k in (1, 10, 20, 50):
+                ids, scores, all_scores = brute_force(reader, ticker, date, k)
+                assert_matches(reader.similar(ticker, date, k=k), ids, scores, all_scores)
+                assert_matches(narrow.similar(ticker, date, k=k), ids, scores, all_scores)
+
+
+def test_a_version_without_tables_searches(checkpoint, panel, tmp_path, reader):
+    from index.query import IndexReader
+
+    result = build(checkpoint, panel, tmp_path, neighbors=0)
+    searching = IndexReader(result.version, root=tmp_path, hot_neighbors=0, omp_threads=1)
+    date = searching.dates[3]
+    assert searching._hot.table is None and searching._entry(3).table is None
+    assert not any(f.startswith("neighbors/") for f in searching.index_version.files)
+    with_tables = IndexReader(result.version, root=tmp_path, omp_threads=1)  # newest computed at open
+    for ticker in searching.tickers[:10]:
+        for k in (1, 10):
+            ids, scores, all_scores = brute_force(searching, ticker, date, k)
+            assert_matches(searching.similar(ticker, date, k=k), ids, scores, all_scores)
+            a, b = with_tables.similar(ticker, k=k), searching.similar(ticker, k=k)
             np.testing.assert_allclose(
                 [n.score for n in a.neighbors], [n.score for n in b.neighbors], atol=1e-5
             )
-            ids, scores, all_scores = brute_force(reader, ticker, None, k)
-            assert_matches(a, ids, scores, all_scores)
+
+
+def test_batch_answers_as_single_queries(reader):
     batch = reader.similar_batch(reader.tickers, k=5)
     assert [r.neighbors for r in batch] == [reader.similar(t, k=5).neighbors for t in reader.tickers]
