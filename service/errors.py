@@ -38,7 +38,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}.get(
-            exc.status_code, "http_error"
-        )
-        return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+        code = {
+            400: "invalid_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            401: "unauthorized",
+            403: "forbidden",
+        }.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400:  # FastAPI's only 400: a body it cannot decode
+            message += "; the body must be JSON encoded as UTF-8"
+        return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import weakref
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -167,9 +169,65 @@ def test_errors_have_one_shape_and_say_what_would_be_right(client, panel):
         client.get(f"/similar/{ticker}", params={"date": "2001-01-01"}), 404, "date_out_of_range"
     )
     assert error["detail"]["first"] == "2010-10-01"
+    for value in ("high", "2", "-1.5", "nan", "inf"):
+        error = error_of(
+            client.get(f"/similar/{ticker}", params={"min_score": value}), 422, "invalid_request"
+        )
+        assert error["detail"][0]["field"] == "min_score"
+    for name in ("exclude_same_sector", "include_realized"):
+        error = error_of(client.get(f"/similar/{ticker}", params={name: "maybe"}), 422, "invalid_request")
+        assert error["detail"][0]["field"] == name and "true or false" in error["message"]
     error_of(client.get("/nothing-here"), 404, "not_found")
     error_of(client.post("/similar", json={"queries": []}), 422, "invalid_request")
     error_of(client.post("/similar", content=b"{not json"), 422, "invalid_request")
+
+
+def test_no_input_gets_a_server_error(client, panel):
+    """Random, malformed and hostile parameters: always a 2xx/4xx in the one error shape, never a 5xx."""
+    rng = random.Random(0)
+    junk = [
+        "",
+        " ",
+        "0",
+        "-1",
+        "1e3",
+        "10.5",
+        "999999999999999999999",
+        "nan",
+        "true",
+        "null",
+        "%00",
+        "\u00e9\u00e8",
+        "2011-02-30",
+        "2011-13-01",
+        "20110203",
+        "9999-12-31",
+        "0001-01-01",
+        "ABAG" * 50,
+    ]
+    tickers = [*panel.tickers[:5], "", "nope", "a/b", "\u2603", "x" * 300, panel.tickers[0].lower()]
+    fields = ["date", "k", "sector", "exchange", "exclude_same_sector", "min_score", "include_realized"]
+    for _ in range(300):
+        params = {
+            f: rng.choice(junk + ["2011-03-01", "5", "true", "0.5"])
+            for f in rng.sample(fields, rng.randint(0, 4))
+        }
+        ticker = rng.choice(tickers)
+        response = client.get(f"/similar/{quote(ticker, safe='')}", params=params)
+        assert response.status_code < 500, (ticker, params, response.text)
+        if response.status_code >= 400:
+            assert set(response.json()) == {"error"} and response.json()["error"]["code"], response.text
+    for body in (
+        b"",
+        b"[]",
+        b'{"queries": {}}',
+        b'{"queries": [{"ticker": 5}]}',
+        b'{"queries": [{}]}',
+        b"\xff",
+    ):
+        response = client.post("/similar", content=body, headers={"content-type": "application/json"})
+        assert response.status_code in (400, 422), body
+        assert response.json()["error"]["code"] == "invalid_request", body
 
 
 def test_no_data_on_date_gives_the_available_range(client, panel):
