@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/index_speed.py
 	$(BIN)/python bench/reindex_speed.py
+	$(BIN)/python bench/route_cost.py
 	$(BIN)/python bench/query_load.py
 
 clean:
