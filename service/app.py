@@ -10,6 +10,7 @@ import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.routing import APIRoute
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from fascl.settings import Settings, get_settings
@@ -279,10 +280,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.newest_date_age.set((dt.date.today() - snap.newest_date).days)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/admin/reload", tags=["operations"], dependencies=[require("admin")])
+    @app.post(
+        "/admin/reload",
+        tags=["operations"],
+        dependencies=[require("admin")],
+        responses={503: {"model": ErrorResponse, "description": "The database is unreachable"}},
+    )
     def reload() -> Response:
         """Check SQL for the active index version now, and swap to it if it changed."""
-        swapped = registry.refresh()
+        try:
+            swapped = registry.refresh()
+        except SQLAlchemyError as exc:  # the served version stays; say why nothing was checked
+            raise APIError(
+                503,
+                "database_unavailable",
+                "cannot read the active index version: the database is unreachable; the served version is unchanged",
+                f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}",
+            ) from None
         if swapped:
             publish_index_metrics()
         snap = registry.current

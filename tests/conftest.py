@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.databases import database_url  # noqa: F401 - a fixture, shared by the service and e2e tests
+from tests.databases import database_url, postgres_url  # noqa: F401 - fixtures, shared by the service and e2e tests
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -42,3 +42,9 @@ def database_url(request, tmp_path):
         yield f"sqlite:///{tmp_path / 'fascl.db'}"
     else:
         yield from _postgres_database()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database alone, for tests that need a server they can take away."""
+    yield from _postgres_database()

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import create_engine, make_url, text, update
 
 from fascl.settings import Settings
 from index.store import IndexStore
@@ -373,3 +373,26 @@ def test_queries_run_with_the_configured_openmp_threads(env):
     with TestClient(create_app(settings.model_copy(update={"omp_threads": wanted}))) as client:
         assert client.get("/similar/AAAA").status_code in (200, 404)
         assert client.portal.call(faiss.omp_get_max_threads) == wanted
+
+
+def test_queries_go_on_while_the_database_is_down(deployment, postgres_url, panel):
+    """The request path runs no SQL: with the database gone, queries answer as before, readiness says
+    why it is not ready, and a reload is refused with 503 rather than failing."""
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    with session_scope(session_factory(engine)) as session:
+        load_assets(session, panel, "synthetic")
+        register_index(session, IndexStore(deployment.home / "indexes").open_version(deployment.versions[0]))
+    engine.dispose()
+    settings = Settings(home=deployment.home, database_url=postgres_url, index_poll_seconds=3600)
+    with TestClient(create_app(settings)) as client:
+        before = client.get(f"/similar/{panel.tickers[0]}", params={"k": 5}).json()
+        admin = create_engine(make_url(postgres_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{make_url(postgres_url).database}" WITH (FORCE)'))
+        admin.dispose()
+        assert client.get(f"/similar/{panel.tickers[0]}", params={"k": 5}).json() == before
+        assert client.get("/assets/" + panel.tickers[1]).status_code == 200
+        ready = error_of(client.get("/health/ready"), 503, "not_ready")
+        assert ready["detail"]["database"].startswith("unreachable")
+        error_of(client.post("/admin/reload"), 503, "database_unavailable")
