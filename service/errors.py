@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -9,6 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+
+from index.errors import IndexCorruptError
+
+log = logging.getLogger("fascl.service")
 
 
 class APIError(Exception):
@@ -49,3 +54,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400:  # FastAPI's only 400: a body it cannot decode
             message += "; the body must be JSON encoded as UTF-8"
         return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(IndexCorruptError)
+    async def _corrupt(_request: Request, exc: IndexCorruptError) -> Response:
+        # A date of a large version is checked when first loaded: a bad file fails that date's
+        # queries (the rest of the version keeps serving) and says which file and how.
+        log.error("%s", exc)
+        detail = {"file": exc.path, "problem": exc.problem, "expected": exc.expected, "found": exc.actual}
+        message = f"{exc}; check it with `fascl index verify` and rebuild or activate another version"
+        return error_response(500, "index_corrupt", message, detail)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> Response:
+        # Still a bug, and still logged with its traceback by the server; the client gets the one shape.
+        return error_response(500, "internal_error", "the server failed to answer this request", None)

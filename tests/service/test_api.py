@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import weakref
 from urllib.parse import quote
 
@@ -396,3 +397,34 @@ def test_queries_go_on_while_the_database_is_down(deployment, postgres_url, pane
         ready = error_of(client.get("/health/ready"), 503, "not_ready")
         assert ready["detail"]["database"].startswith("unreachable")
         error_of(client.post("/admin/reload"), 503, "database_unavailable")
+
+
+def test_a_corrupt_date_fails_its_queries_only_and_names_the_file(deployment, tmp_path, monkeypatch, panel):
+    """Large versions check each date when first loaded: the bad date answers index_corrupt (500, the
+    file named), every other date keeps serving."""
+    monkeypatch.setattr("index.store.EAGER_VERIFY_BYTES", 0)  # verify lazily, as a large version does
+    home = tmp_path / "home"
+    shutil.copytree(deployment.home / "indexes", home / "indexes")
+    url = f"sqlite:///{tmp_path / 'fascl.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with session_scope(session_factory(engine)) as session:
+        load_assets(session, panel, "synthetic")
+        register_index(
+            session, IndexStore(home / "indexes").open_version(deployment.versions[0]), activate=True
+        )
+    engine.dispose()
+    settings = Settings(home=home, database_url=url, index_poll_seconds=3600)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        dates = client.get("/dates").json()["dates"]
+        bad = home / "indexes" / deployment.versions[0] / "faiss" / f"{dates[3]}.faiss"
+        data = bytearray(bad.read_bytes())
+        data[-16:] = bytes(16)
+        bad.write_bytes(bytes(data))
+        error = error_of(
+            client.get(f"/similar/{panel.tickers[0]}", params={"date": dates[3]}), 500, "index_corrupt"
+        )
+        assert error["detail"]["file"] == str(bad) and error["detail"]["problem"] == "checksum mismatch"
+        assert "fascl index verify" in error["message"]
+        assert client.get(f"/similar/{panel.tickers[0]}", params={"date": dates[4]}).status_code == 200
+        assert client.get(f"/similar/{panel.tickers[0]}").status_code == 200
