@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from fascl.settings import Settings
 from index.build import build_version
@@ -54,11 +55,18 @@ def run_reindex(
     console = console or Console()
     engine = make_engine(settings.sqlalchemy_url)
     factory = session_factory(engine)
-    with session_scope(factory) as session:
-        run = ReindexRun(status="running")
-        session.add(run)
-        session.flush()
-        run_id = run.id
+    try:
+        with session_scope(factory) as session:
+            run = ReindexRun(status="running")
+            session.add(run)
+            session.flush()
+            run_id = run.id
+    except SQLAlchemyError as exc:  # nowhere to record the run: report it, change nothing
+        engine.dispose()
+        first_line = str(exc).splitlines()[0]
+        return ReindexOutcome(
+            "failed", None, 0, f"the database is unreachable ({first_line}); nothing was changed"
+        )
     try:
         outcome = _reindex(settings, factory, model, data, source, keep_days, console)
     except Exception as exc:

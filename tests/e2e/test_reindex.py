@@ -81,3 +81,12 @@ def test_next_run_is_the_next_occurrence_of_the_time_of_day():
         assert "HH:MM" in str(exc)
     else:
         raise AssertionError("an impossible time of day was accepted")
+
+
+def test_reindex_without_a_database_fails_cleanly(tmp_path):
+    settings = Settings(
+        home=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:5432/fascl_no_such_db"
+    )
+    outcome = run_reindex(settings, console=Console(quiet=True))
+    assert outcome.status == "failed" and "database is unreachable" in outcome.message
+    assert "fascl_no_such_db" in outcome.message and outcome.index_version is None
