@@ -97,7 +97,7 @@ def build(
         try:
             source = store.open_version(None if reuse == "latest" else reuse, verify="lazy")
         except IndexStoreError as exc:
-            raise _fail(f"--reuse {reuse}: {exc}") from None
+            raise _fail(f"--reuse {reuse}: {exc} (--reuse none embeds every date)") from None
     try:
         result = build_version(
             model,
