@@ -340,7 +340,7 @@ def _take_over(
 ) -> dict:
     """One unchanged date of `source` into `staging`: hard links when its asset ids are unchanged,
     otherwise its vectors under the new ids with the index and table rebuilt from them (no embedding)."""
-    ids, vectors = source.read_vectors(date, mmap=False)
+    ids, vectors = source.read_vectors(date)  # memory-mapped: read only if the ids change
     new_ids = id_of_old[ids]
     if np.array_equal(new_ids, ids):
         return staging.link_date(date, source, window=window)
