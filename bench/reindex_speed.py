@@ -14,7 +14,6 @@ trained small checkpoint, made once under --home.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from index.build import build_version
-from index.store import IndexStore
+from index.store import IndexStore, unique_bytes
 from market.panel import Panel
 
 console = Console()
@@ -50,19 +49,6 @@ def synthetic(home: Path, assets: int, years: float) -> tuple[Panel, Path]:
         )
         train(market.panel, config, model_dir, resume=False, console=Console(quiet=True))
     return market.panel, model_dir / "best.pt"
-
-
-def disk_bytes(paths: list[Path]) -> int:
-    """Bytes under `paths`, each inode counted once (hard links shared between versions)."""
-    seen, total = set(), 0
-    for root in paths:
-        for dirpath, _, files in os.walk(root):
-            for name in files:
-                st = os.stat(os.path.join(dirpath, name))
-                if st.st_ino not in seen:
-                    seen.add(st.st_ino)
-                    total += st.st_size
-    return total
 
 
 def main() -> None:
@@ -110,7 +96,7 @@ def main() -> None:
         f"{incremental.vectors:,}",
     )
     console.print(table)
-    pair = disk_bytes([base.path, incremental.path])
+    pair = unique_bytes([base.path, incremental.path])
     console.print(
         f"incremental / full time = {inc_s / full_s:.3f}; disk of yesterday + tonight: {pair / 2**20:,.0f} MiB "
         f"shared (against {(base.disk_bytes + incremental.disk_bytes) / 2**20:,.0f} MiB as copies)"

@@ -119,6 +119,19 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def unique_bytes(paths: Iterable[Path]) -> int:
+    """Bytes of the files under `paths`, each inode once: versions share reused files as hard links."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root in paths:
+        for file in Path(root).rglob("*"):
+            st = file.stat()
+            if file.is_file() and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
 def _settings():
     from fascl.settings import get_settings
 
@@ -525,7 +538,12 @@ class IndexStore:
         return opened.problems()
 
     def disk_bytes(self, version: str) -> int:
+        """The version's size as if alone (files it shares with other versions included)."""
         return _dir_bytes(self.root / version)
+
+    def total_disk_bytes(self) -> int:
+        """What all published versions take on disk together, shared files counted once."""
+        return unique_bytes(self._version_dirs())
 
     # ----------------------------------------------------------- publishing
     def staging(self, key: str, spec: dict) -> Staging:

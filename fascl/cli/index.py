@@ -198,7 +198,11 @@ def list_(
     if not infos:
         console.print(f"no index versions under {store.root}; build one with `fascl index build`")
         return
-    table = Table(title=f"index versions under {store.root}")
+    table = Table(
+        title=f"index versions under {store.root}",
+        caption=f"on disk together: {human_bytes(store.total_disk_bytes())} "
+        "(a version reuses unchanged dates of an earlier one as hard links: shared files count once)",
+    )
     for column in ("version", "model", "dates covered", "vectors", "size", "created", "corrupt?"):
         table.add_column(column, justify="right" if column in ("vectors", "size") else "left")
     for info in infos:

@@ -100,6 +100,7 @@ def test_cli_build_reuses_the_latest_version_unless_told_not_to(home, checkpoint
     invoke(*args)
     out = invoke(*args, "--reuse", reuse)
     assert "embedded / resumed / reused dates" in out
+    assert "on disk together" in invoke("index", "list")
     store = IndexStore(home / "indexes")
     done = store.open_version(store.latest_version()).manifest["build"]
     n_dates = done["embedded_dates"] + done["reused_dates"]

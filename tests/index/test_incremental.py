@@ -37,6 +37,10 @@ def test_new_bars_embed_only_the_new_dates_and_link_the_rest(checkpoint, panel, 
     for date in old.manifest["dates"]:
         for rel in old.date_files(date).values():
             assert same_inode(old.path / rel, new.path / rel), rel
+    store = IndexStore(root)
+    shared = sum((old.path / rel).stat().st_size for rel in old.files)
+    both = store.disk_bytes(first.version) + store.disk_bytes(second.version)
+    assert store.total_disk_bytes() == both - shared
 
     # The result is the version a full build would have made.
     fresh = build(checkpoint, panel, tmp_path / "fresh")
