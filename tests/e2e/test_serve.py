@@ -126,6 +126,12 @@ def test_metrics_add_up_over_several_workers(deployment, database_url, tmp_path)
         tickers = [a["ticker"] for a in httpx.get(f"{base}/assets", params={"limit": 10}).json()["items"]]
         for i in range(60):
             assert httpx.get(f"{base}/similar/{tickers[i % 10]}", params={"k": 3}).status_code == 200
+        # A worker records a request just after sending its response: give the last one a moment.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if request_count(httpx.get(f"{base}/metrics").text, "/similar/{ticker}") == 60:
+                break
+            time.sleep(0.05)
         scrapes = [httpx.get(f"{base}/metrics").text for _ in range(10)]
     assert all(request_count(text, "/similar/{ticker}") == 60 for text in scrapes), [
         request_count(text, "/similar/{ticker}") for text in scrapes
