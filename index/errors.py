@@ -86,3 +86,16 @@ class UnknownExchange(QueryError):
     def __init__(self, value: str, valid: list[str]):
         self.value, self.valid = value, valid
         super().__init__(f"unknown exchange {value!r}; exchanges are {', '.join(valid) or '(none)'}")
+
+
+class UnknownTickers(QueryError):
+    """Tickers of a peer universe (`among`) that the index does not hold."""
+
+    def __init__(self, values: list[str], suggestions: dict[str, list[str]]):
+        self.values, self.suggestions = values, suggestions
+        hints = [
+            f"{v} (did you mean {', '.join(suggestions[v])}?)" if suggestions.get(v) else v for v in values
+        ]
+        super().__init__(
+            f"{len(values)} ticker(s) of the peer universe are not in the index: {'; '.join(hints[:20])}"
+        )

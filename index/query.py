@@ -35,6 +35,7 @@ from index.errors import (
     UnknownExchange,
     UnknownSector,
     UnknownTicker,
+    UnknownTickers,
 )
 from index.store import IndexStore, IndexVersion
 
@@ -46,6 +47,9 @@ MAX_K = 1000
 # the most common query -- "similar to X now" -- is a lookup for every k the service allows.
 # Filtered and wider queries search the index.
 HOT_NEIGHBORS = 50
+# An `among` universe (with any sector / exchange filter) that leaves at most this many assets is
+# answered by one product with their vectors; wider ones by a faiss search with an id selector.
+AMONG_EXACT_MAX = 1024
 _tuple_new = tuple.__new__
 
 
@@ -182,6 +186,7 @@ class IndexReader:
         self._dates: list[dt.date] = [dt.date.fromisoformat(d) for d in m["dates"]]
         self._ordinals: list[int] = [d.toordinal() for d in self._dates]
         self._filters: dict[tuple, _Filter | None] = {}
+        self._universes: dict[tuple, _Filter] = {}  # insertion order: the oldest goes first
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
         self._cache_used = 0
         self._lock = threading.Lock()  # cache bookkeeping
@@ -369,6 +374,7 @@ class IndexReader:
         exchange: str | None = None,
         exclude_same_sector: bool = False,
         min_score: float | None = None,
+        among: Iterable[str] | None = None,
     ) -> SimilarResult:
         """The `k` assets most similar to `ticker` as of `date` (newest when None), best first.
 
@@ -386,7 +392,12 @@ class IndexReader:
         excluded = self._sector[aid] if exclude_same_sector else None
         flt = self._filter(sector, exchange, excluded) if (sector or exchange or excluded) else None
         table = entry.table
-        if table is not None and flt is None and k <= table[0].shape[1]:
+        if among is not None:
+            universe = self._universe(among)
+            flt = universe if flt is None else _Filter(universe.mask & flt.mask)
+        if among is not None and flt.size <= AMONG_EXACT_MAX:
+            neighbors = self._among(entry, aid, k, flt.mask, min_score)
+        elif table is not None and flt is None and k <= table[0].shape[1]:
             row = entry.row[aid]
             neighbors = self._neighbors(
                 entry, None, table[0][row, :k], table[1][row, :k], aid, k, min_score, None
@@ -414,6 +425,55 @@ class IndexReader:
         if min_score is not None:
             out = [n for n in out if n.score >= min_score]
         return out
+
+    def _universe(self, tickers: Iterable[str]) -> _Filter:
+        """The filter of a peer universe; UnknownTickers for any ticker not indexed. Cached: a desk
+        sends the same universe with every query."""
+        key = (tickers,) if isinstance(tickers, str) else tuple(tickers)
+        cached = self._universes.get(key)
+        if cached is not None:
+            return cached
+        ids = [self._ids.get(t) for t in key]
+        if None in ids:
+            ids = [
+                i if i is not None else self._ids.get(self._upper.get(str(t).upper(), ""))
+                for t, i in zip(key, ids, strict=True)
+            ]
+        unknown = [t for t, i in zip(key, ids, strict=True) if i is None]
+        if unknown:
+            close = {t: difflib.get_close_matches(str(t).upper(), self._tickers, n=3) for t in unknown[:20]}
+            raise UnknownTickers(unknown, close)
+        mask = np.zeros(len(self._tickers), dtype=bool)
+        mask[ids] = True
+        flt = _Filter(mask)
+        if len(self._universes) >= 256:
+            self._universes.pop(next(iter(self._universes)))
+        self._universes[key] = flt
+        return flt
+
+    def _among(self, entry, aid: int, k: int, mask: np.ndarray, min_score: float | None) -> list[Neighbor]:
+        """Exact top-k among the assets of `mask`: one product with their vectors, which for up to
+        AMONG_EXACT_MAX candidates is cheaper than a filtered scan of the whole date."""
+        allowed = entry.present & mask
+        allowed[aid] = False
+        candidates = np.flatnonzero(allowed)
+        if len(candidates) == 0:
+            return []
+        rows = entry.row[candidates]
+        if entry.xb is not None:
+            base = entry.xb[rows]
+        else:
+            _, vectors = self._version.read_vectors(str(np.datetime64(self._dates[entry.pos], "D")))
+            base = np.asarray(vectors[rows])
+        scores = base @ entry.vector(aid)[0]
+        top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        tickers = self._tickers
+        out = [
+            _tuple_new(Neighbor, (a, tickers[a], sc))
+            for a, sc in zip(candidates[top].tolist(), scores[top].tolist(), strict=True)
+        ]
+        return out if min_score is None else [n for n in out if n.score >= min_score]
 
     def _exact(self, entry, query, aid, k, flt, found) -> list[Neighbor] | None:
         """Exact search over the date's stored vectors, when they hold more candidates than found."""

@@ -54,6 +54,14 @@ SIMILAR_PARAMETERS = [
         "description": "Drop peers whose cosine similarity is below this",
     },
     {
+        "name": "among",
+        "in": "query",
+        "schema": {"type": "string"},
+        "example": "MSFT,GOOG,AMZN",
+        "description": "Only peers among these tickers (comma-separated): a portfolio or tradable universe. "
+        "Larger universes go through POST /similar as a list",
+    },
+    {
         "name": "include_realized",
         "in": "query",
         "schema": {"type": "boolean", "default": False},
@@ -75,6 +83,15 @@ def _bool(params: QueryParams, name: str) -> bool:
     if value.lower() in FALSE:
         return False
     raise _invalid(name, f"Input should be a valid boolean (true or false), not {value!r}")
+
+
+def _tickers(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    tickers = [t.strip() for t in value.split(",") if t.strip()]
+    if not tickers:
+        raise _invalid("among", f"Input should be comma-separated tickers, not {value!r}")
+    return tickers
 
 
 def parse_similar_params(params: QueryParams) -> dict:
@@ -106,4 +123,5 @@ def parse_similar_params(params: QueryParams) -> dict:
         "exclude_same_sector": _bool(params, "exclude_same_sector"),
         "min_score": min_score,
         "include_realized": _bool(params, "include_realized"),
+        "among": _tickers(params.get("among")),
     }

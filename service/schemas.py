@@ -79,6 +79,9 @@ class SimilarQuery(BaseModel):
     exclude_same_sector: bool = False
     min_score: float | None = Field(None, ge=-1, le=1)
     include_realized: bool = False
+    among: list[str] | None = Field(
+        None, min_length=1, max_length=20_000, description="Only peers among these tickers"
+    )
 
 
 class SimilarBatch(BaseModel):

@@ -14,6 +14,7 @@ from index.errors import (
     UnknownExchange,
     UnknownSector,
     UnknownTicker,
+    UnknownTickers,
 )
 from model.targets import HORIZON, future_returns, pearson_matrix
 from service.errors import APIError
@@ -49,6 +50,9 @@ def to_api_error(exc: QueryError) -> APIError:
         return APIError(404, "date_out_of_range", str(exc), detail)
     if isinstance(exc, UnknownSector):
         return APIError(422, "unknown_sector", str(exc), {"sector": exc.value, "valid": exc.valid})
+    if isinstance(exc, UnknownTickers):
+        detail = {"unknown": exc.values, "close_matches": exc.suggestions}
+        return APIError(422, "unknown_tickers", str(exc), detail)
     if isinstance(exc, UnknownExchange):
         return APIError(422, "unknown_exchange", str(exc), {"exchange": exc.value, "valid": exc.valid})
     return APIError(422, "invalid_query", str(exc))
@@ -81,6 +85,7 @@ def answer(
     exclude_same_sector: bool = False,
     min_score: float | None = None,
     include_realized: bool = False,
+    among: list[str] | None = None,
 ) -> dict:
     requested = parse_date(date)
     try:
@@ -92,6 +97,7 @@ def answer(
             exchange=exchange,
             exclude_same_sector=exclude_same_sector,
             min_score=min_score,
+            among=among,
         )
     except QueryError as exc:
         raise to_api_error(exc) from None

@@ -108,6 +108,49 @@ def test_sector_filter_matches_brute_force(reader):
             assert_matches(result, ids, scores, all_scores)
 
 
+@pytest.mark.parametrize("exact_max", [1024, 0], ids=["product", "faiss-selector"])
+def test_among_is_an_exact_search_within_the_universe(reader, monkeypatch, exact_max):
+    """Small universes are one product with their vectors, wide ones a filtered faiss search: same answers."""
+    monkeypatch.setattr("index.query.AMONG_EXACT_MAX", exact_max)
+    rng = np.random.default_rng(0)
+    sectors = np.array(reader.assets["sector"])
+    older = reader.dates[len(reader.dates) // 2]
+    for trial in range(8):
+        universe = [reader.tickers[i] for i in rng.choice(len(reader.tickers), size=15, replace=False)]
+        allowed = np.isin(np.array(reader.tickers), universe)
+        ticker = reader.tickers[trial * 5]
+        for date in (None, older):
+            if not reader._entry(reader.dates.index(older)).present[reader.tickers.index(ticker)]:
+                continue
+            result = reader.similar(ticker, date, k=5, among=universe)
+            assert {n.ticker for n in result.neighbors} <= set(universe) - {ticker}
+            ids, scores, all_scores = brute_force(reader, ticker, date, k=5, allowed=allowed)
+            assert_matches(result, ids, scores, all_scores)
+        sector = sectors[reader.tickers.index(universe[0])]
+        both = reader.similar(ticker, k=5, among=universe, sector=sector)
+        ids, scores, all_scores = brute_force(reader, ticker, k=5, allowed=allowed & (sectors == sector))
+        assert_matches(both, ids, scores, all_scores)
+    # lower case is accepted; a universe of the query alone has no peers; k larger than it returns all
+    assert (
+        reader.similar(reader.tickers[0], k=3, among=[reader.tickers[1].lower()]).neighbors[0].ticker
+        == (reader.tickers[1])
+    )
+    assert reader.similar(reader.tickers[0], k=3, among=[reader.tickers[0]]).neighbors == []
+    assert len(reader.similar(reader.tickers[0], k=50, among=reader.tickers[:10]).neighbors) == 9
+
+
+def test_among_names_the_unknown_tickers(reader):
+    from index.errors import UnknownTickers
+
+    typo = reader.tickers[2] + "X"
+    assert typo not in reader.tickers
+    with pytest.raises(UnknownTickers) as caught:
+        reader.similar(reader.tickers[0], among=[reader.tickers[1], typo, "ZZZZZZ9"])
+    assert caught.value.values == [typo, "ZZZZZZ9"]
+    assert reader.tickers[2] in caught.value.suggestions[typo]
+    assert "2 ticker(s) of the peer universe are not in the index" in str(caught.value)
+
+
 def test_narrow_filter_still_returns_k(reader):
     sectors = np.array(reader.assets["sector"])
     counts = {s: int((sectors == s).sum()) for s in reader.sectors}

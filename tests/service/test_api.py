@@ -135,6 +135,27 @@ def test_filters_keep_k_results(client, panel):
     assert all(r["score"] >= 0.99 for r in body["results"])
 
 
+def test_among_restricts_peers_to_a_universe(client, panel):
+    ticker, universe = panel.tickers[1], list(panel.tickers[10:22])
+    body = client.get(f"/similar/{ticker}", params={"among": ",".join(universe), "k": 5}).json()
+    assert len(body["results"]) == 5 and {r["ticker"] for r in body["results"]} <= set(universe)
+    full = client.get(f"/similar/{ticker}", params={"k": 39}).json()["results"]
+    assert [r["ticker"] for r in body["results"]] == [r["ticker"] for r in full if r["ticker"] in universe][
+        :5
+    ]
+    spaced = client.get(f"/similar/{ticker}", params={"among": " , ".join(universe) + ",", "k": 5}).json()
+    assert spaced["results"] == body["results"]
+    typo = universe[1] + "X"
+    assert typo not in panel.tickers
+    error = error_of(
+        client.get(f"/similar/{ticker}", params={"among": f"{universe[0]},{typo}"}), 422, "unknown_tickers"
+    )
+    assert error["detail"]["unknown"] == [typo] and universe[1] in error["detail"]["close_matches"][typo]
+    error_of(client.get(f"/similar/{ticker}", params={"among": " , "}), 422, "invalid_request")
+    batch = client.post("/similar", json={"queries": [{"ticker": ticker, "k": 5, "among": universe}]}).json()
+    assert batch["results"][0]["result"]["results"] == body["results"]
+
+
 def test_include_realized_reports_the_future_correlation_when_known(client, panel):
     from model.targets import future_returns, pearson_matrix
 
@@ -207,7 +228,16 @@ def test_no_input_gets_a_server_error(client, panel):
         "ABAG" * 50,
     ]
     tickers = [*panel.tickers[:5], "", "nope", "a/b", "\u2603", "x" * 300, panel.tickers[0].lower()]
-    fields = ["date", "k", "sector", "exchange", "exclude_same_sector", "min_score", "include_realized"]
+    fields = [
+        "date",
+        "k",
+        "sector",
+        "exchange",
+        "exclude_same_sector",
+        "min_score",
+        "include_realized",
+        "among",
+    ]
     for _ in range(300):
         params = {
             f: rng.choice(junk + ["2011-03-01", "5", "true", "0.5"])
@@ -356,6 +386,7 @@ def test_openapi_documents_the_routes_with_examples(client):
         "exclude_same_sector",
         "min_score",
         "include_realized",
+        "among",
     }
 
 
