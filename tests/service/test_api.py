@@ -18,6 +18,7 @@ from market.panel import Panel
 from service.app import create_app
 from service.db import make_engine, session_factory, session_scope, upgrade
 from service.models import Asset
+from service.params import SIMILAR_PARAMETERS
 from service.repository import create_api_key, load_assets, register_index
 from tests.service.fixtures import make_deployment
 
@@ -228,16 +229,7 @@ def test_no_input_gets_a_server_error(client, panel):
         "ABAG" * 50,
     ]
     tickers = [*panel.tickers[:5], "", "nope", "a/b", "\u2603", "x" * 300, panel.tickers[0].lower()]
-    fields = [
-        "date",
-        "k",
-        "sector",
-        "exchange",
-        "exclude_same_sector",
-        "min_score",
-        "include_realized",
-        "among",
-    ]
+    fields = [p["name"] for p in SIMILAR_PARAMETERS if p["in"] == "query"]  # every documented one
     for _ in range(300):
         params = {
             f: rng.choice(junk + ["2011-03-01", "5", "true", "0.5"])
