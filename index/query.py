@@ -501,6 +501,7 @@ class IndexReader:
         exchange: str | None = None,
         exclude_same_sector: bool = False,
         min_score: float | None = None,
+        among: Iterable[str] | None = None,
         errors: str = "raise",
     ) -> list[SimilarResult | QueryError]:
         """Many queries; those sharing a date and filter run as one faiss search.
@@ -517,6 +518,7 @@ class IndexReader:
             "exchange": exchange,
             "exclude_same_sector": exclude_same_sector,
             "min_score": min_score,
+            "among": among,
         }
         results: list = []
         groups: dict[tuple, list[tuple[int, int, dt.date | None]]] = {}
@@ -529,6 +531,14 @@ class IndexReader:
                 ticker, date = q
                 spec = {**defaults, "ticker": ticker, "date": date}
             results.append(None)
+            if spec["among"] is not None:  # a universe query is its own product or filtered search
+                try:
+                    results[i] = self.similar(**spec)
+                except QueryError as exc:
+                    if errors == "raise":
+                        raise
+                    results[i] = exc
+                continue
             try:
                 aid = self.asset_id(spec["ticker"])
                 if not 0 < spec["k"] <= MAX_K:
