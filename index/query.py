@@ -264,14 +264,18 @@ class IndexReader:
         return self.assets.to_dict("records")
 
     def asset_id(self, ticker: str) -> int:
-        aid = self._ids.get(ticker)
+        aid = self._lookup(ticker)
         if aid is None:
-            aid = self._ids.get(self._upper.get(str(ticker).upper(), ""))
-            if aid is None:
-                raise UnknownTicker(
-                    ticker, difflib.get_close_matches(str(ticker).upper(), self._tickers, n=5)
-                )
+            raise UnknownTicker(ticker, self._close_matches(ticker, 5))
         return aid
+
+    def _lookup(self, ticker: str) -> int | None:
+        """The asset id of `ticker` as given, else of the indexed ticker equal to it in any case."""
+        aid = self._ids.get(ticker)
+        return aid if aid is not None else self._ids.get(self._upper.get(str(ticker).upper(), ""))
+
+    def _close_matches(self, ticker: str, n: int) -> list[str]:
+        return difflib.get_close_matches(str(ticker).upper(), self._tickers, n=n)
 
     def resolve_date(self, date=None) -> dt.date:
         """The indexed trading date a query for `date` uses (latest on or before it; None: newest)."""
@@ -433,16 +437,10 @@ class IndexReader:
         cached = self._universes.get(key)
         if cached is not None:
             return cached
-        ids = [self._ids.get(t) for t in key]
-        if None in ids:
-            ids = [
-                i if i is not None else self._ids.get(self._upper.get(str(t).upper(), ""))
-                for t, i in zip(key, ids, strict=True)
-            ]
+        ids = [self._lookup(t) for t in key]
         unknown = [t for t, i in zip(key, ids, strict=True) if i is None]
         if unknown:
-            close = {t: difflib.get_close_matches(str(t).upper(), self._tickers, n=3) for t in unknown[:20]}
-            raise UnknownTickers(unknown, close)
+            raise UnknownTickers(unknown, {t: self._close_matches(t, 3) for t in unknown[:20]})
         mask = np.zeros(len(self._tickers), dtype=bool)
         mask[ids] = True
         flt = _Filter(mask)
