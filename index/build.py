@@ -41,6 +41,7 @@ from index.errors import IndexCorruptError
 from index.store import IndexStore, IndexVersion, utcnow_iso
 from market.panel import Panel
 from model.features import build_cube
+from model.history import history_window
 
 # Each date's top-NEIGHBORS table is stored beside its index: a query for k <= NEIGHBORS on any
 # date is then a row lookup rather than a search (about 5 us against 100-250 us at 5,000 assets),
@@ -114,10 +115,14 @@ def ticker_table(
 
 
 def window_digest(cube, pos: int, cols: np.ndarray) -> str:
-    """sha256 of what a date's vectors are computed from: the eligible tickers and their window bars."""
+    """sha256 of what a date's vectors are computed from: the eligible tickers, their window bars and,
+    for an encoder with a history path, their long-history returns (the market direction is computed
+    from those of the same eligible assets, so it is covered too)."""
     digest = hashlib.sha256("\x1f".join(cube.tickers[cols]).encode())
     window = cube.series[:, pos - cube.window + 1 : pos + 1, torch.from_numpy(cols)]
     digest.update(window.contiguous().numpy().tobytes())
+    if cube.history:
+        digest.update(np.ascontiguousarray(history_window(cube.returns, pos, cols, cube.history)).tobytes())
     return digest.hexdigest()
 
 
@@ -188,7 +193,7 @@ def build_version(
     batch_size = batch_size or (4096 if device.type == "cuda" else 1024)
     use_gpu = ann.gpu_count() > 0
 
-    cube = build_cube(panel, info.channels, window=info.window)
+    cube = build_cube(panel, info.channels, window=info.window, history=info.history)
     positions = date_positions(panel.dates, cube.eligible, start, end)
     if len(positions) == 0:
         raise ValueError(

@@ -3,7 +3,9 @@
 Windows of consecutive dates are packed into batches of about `batch_size` rows (a date of 60 assets
 would leave a forward pass mostly empty), run under `torch.inference_mode` on the GPU when torch sees
 one, and split back per date. Vectors leave as float32 and are re-normalised in float32, so a stored
-vector's inner product with itself is 1 to float precision whatever device produced it.
+vector's inner product with itself is 1 to float precision whatever device produced it (an encoder with a
+history path gives vectors in the unit ball instead, whose inner products are the scores; they are
+only kept inside it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from index.store import sha256_file
 from model.checkpoint import CheckpointError, load_encoder
-from model.features import FeatureCube
+from model.features import FeatureCube, concat_inputs, slice_inputs
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -39,6 +41,8 @@ class ModelInfo:
     channels: str
     window: int
     meta: dict
+    history: int = 0  # days of long-history returns the encoder reads (0: none)
+    unit_norm: bool = True  # False: vectors lie in the unit ball and scores are inner products
 
     @property
     def version(self) -> str:
@@ -54,6 +58,8 @@ class ModelInfo:
             "dim": self.dim,
             "channels": self.channels,
             "window": self.window,
+            "history": self.history,
+            "unit_norm": self.unit_norm,
             "encoder_config": self.meta.get("encoder_config", {}),
             "train_data": self.meta.get("data", {}),
             "splits": self.meta.get("splits", {}),
@@ -79,6 +85,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
         channels=channels,
         window=int(model.config.window),
         meta=meta,
+        history=int(model.config.history),
+        unit_norm=bool(model.unit_norm),
     )
     return model, info
 
@@ -111,14 +119,18 @@ def iter_embeddings(
 
 
 def _forward(model, cube, group, batch_size, device):
-    x = torch.cat([cube.windows(pos, cols) for pos, cols in group])
+    inputs = concat_inputs([cube.model_inputs(pos, cols) for pos, cols in group])
     parts = []
     with torch.inference_mode():
-        for lo in range(0, len(x), batch_size):
-            chunk = x[lo : lo + batch_size].to(device, non_blocking=True)
-            parts.append(model(chunk).float().cpu())
+        for lo in range(0, len(inputs[0]), batch_size):
+            chunk = (x.to(device, non_blocking=True) for x in slice_inputs(inputs, lo, lo + batch_size))
+            parts.append(model(*chunk).float().cpu())
     vectors = torch.cat(parts).numpy()
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if model.unit_norm:
+        vectors /= np.maximum(norms, 1e-12)
+    else:  # inner-product embeddings stay in the unit ball, whatever float error the device made
+        vectors /= np.maximum(norms, 1.0)
     start = 0
     for pos, cols in group:
         yield pos, cols, vectors[start : start + len(cols)]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-WINSOR = 2.5  # z-score bound on the return skip path
+from model.history import BOUND, HISTORY, SHRINK
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,12 @@ class EncoderConfig:
     dropout: float = 0.1
     pooling: str = "mean"  # "mean" (paper) or "cls" (ablation)
     projection_head: bool = False  # the paper found a head costs 14% FRC@1; kept for the ablation
-    # Index of a z-scored daily-return channel to route around the Transformer through a linear
-    # map initialised to the identity (None: off, the paper's architecture). See PatchTransformer.
-    return_skip: int | None = None
+    # Days of long-history returns read by the history path (0: off, the paper's architecture).
+    # See HistoryPath: with it the model starts as the classical shrunk-correlation retriever.
+    history: int = 0
+    history_rank: int = 8  # rank of the learned low-rank correction of the history path
+    history_bound: float = BOUND  # initial winsorising bound (learned)
+    history_shrink: float = SHRINK  # initial weight of the single-index model (learned)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,8 +39,9 @@ class EncoderConfig:
 CONFIGS: dict[str, EncoderConfig] = {
     "paper": EncoderConfig(width=384, depth=8, heads=8),
     # Minutes of CPU training underfit rather than overfit, so "small" drops dropout.
-    "small": EncoderConfig(width=128, depth=4, heads=4, dropout=0.0),
-    "tiny": EncoderConfig(width=32, depth=1, heads=2, dropout=0.0),  # tests only
+    # It also reads two years of returns through the history path, see HistoryPath.
+    "small": EncoderConfig(width=128, depth=4, heads=4, dropout=0.0, history=HISTORY),
+    "tiny": EncoderConfig(width=32, depth=1, heads=2, dropout=0.0, history=32),  # tests only
 }
 
 
@@ -95,17 +100,14 @@ class PatchTransformer(nn.Module):
         )
         self.blocks = nn.Sequential(*(Block(config) for _ in range(config.depth)))
         self.final_norm = nn.LayerNorm(config.width)
-        if config.return_skip is not None:
-            if not 0 <= config.return_skip < config.in_channels:
-                raise ValueError(
-                    f"return_skip channel {config.return_skip} is not one of {config.in_channels} inputs"
-                )
-            self.skip = nn.Linear(config.window, config.window, bias=False)
-            nn.init.eye_(self.skip.weight)
-            # log of the skip's weight against the Transformer's (learned; starts equal).
-            self.skip_scale = nn.Parameter(torch.tensor(0.0))
+        if config.history:
+            self.history = HistoryPath(config)
+            # ReZero: the Transformer joins the history embedding through a gate that starts at 0,
+            # so step 0 scores exactly the classical retriever and the loss decides what it adds.
+            self.join = nn.Linear(config.width, config.history, bias=False)
+            self.gate = nn.Parameter(torch.tensor(0.0))
         else:
-            self.skip = None
+            self.history = None
         self.head = (
             nn.Sequential(
                 nn.Linear(config.width, config.width), nn.GELU(), nn.Linear(config.width, config.width)
@@ -116,10 +118,20 @@ class PatchTransformer(nn.Module):
 
     @property
     def dim(self) -> int:
-        return self.config.width + (self.config.window if self.skip is not None else 0)
+        return self.config.history or self.config.width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, channels, window) -> L2-normalised (batch, width)."""
+    @property
+    def unit_norm(self) -> bool:
+        """True: embeddings are unit vectors, scores are cosines. False (history path): embeddings lie
+        in the unit ball and the score is their inner product, a shrunk correlation estimate."""
+        return self.history is None
+
+    def forward(
+        self, x: torch.Tensor, history: torch.Tensor | None = None, market: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (batch, channels, window) -> (batch, dim) embeddings; with the history path also
+        history (batch, config.history) return z-scores and market (config.history,) or (batch, ...)
+        the cross-section's market direction (model.features.FeatureCube.model_inputs)."""
         tokens = self.embed_norm(self.patch_embed(x).transpose(1, 2))
         if self.cls is not None:
             tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
@@ -128,21 +140,46 @@ class PatchTransformer(nn.Module):
         if self.head is not None:
             pooled = self.head(pooled)
         embedding = F.normalize(pooled.float(), dim=-1)
-        if self.skip is not None:
-            # The return skip. Cosine of z-scored return windows is the historical Pearson
-            # correlation, which a freshly initialised Transformer needs many samples to rediscover
-            # (mean pooling over a shared patch kernel first erases when each day happened). On a
-            # CPU budget the encoder instead starts from that retriever and learns what to change:
-            # the linear map re-weights days, the Transformer adds what returns alone miss. The
-            # loss, targets and inputs stay the paper's; only this shortcut is added.
-            # Winsorised at 2.5 standard deviations: on the validation years a winsorised Pearson
-            # retriever beats the plain one (us_nasdaq 2016 FRC@1 0.383 vs 0.368), as one fat-tailed
-            # day says little about the co-movement that continues.
-            returns = x[:, self.config.return_skip].float().clamp(-WINSOR, WINSOR)
-            path = F.normalize(self.skip(returns - returns.mean(dim=-1, keepdim=True)), dim=-1)
-            embedding = torch.cat([self.skip_scale.exp() * path, embedding], dim=-1)
-            embedding = F.normalize(embedding, dim=-1)
-        return embedding
+        if self.history is None:
+            return embedding
+        if history is None or market is None:
+            raise ValueError("this encoder has a history path: pass the history z-scores and the market")
+        e = self.history(history.float(), market.float()) + self.gate * self.join(embedding)
+        # Scores are inner products; keeping vectors in the unit ball keeps them in [-1, 1].
+        return e / e.norm(dim=-1, keepdim=True).clamp_min(1.0)
+
+
+class HistoryPath(nn.Module):
+    """A learned map of an asset's long return history, initialised to the classical retriever.
+
+    At initialisation the output is model.history.shrink_to_market(winsorized_rows(z), market):
+    returns winsorised at `history_bound`, centred and scaled to unit length (their inner products are
+    the winsorised Pearson correlations over the history), then shrunk towards the single-index model
+    without renormalising. What can be learned, each starting at the identity of that estimator: the
+    clip bound, a weight per day (recent days may matter more), the two shrinkage coefficients, and a
+    low-rank correction (a dense L x L map would have 250k parameters to fit from minutes of data)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        if not 0.0 <= config.history_shrink < 1.0:
+            raise ValueError(f"history_shrink must be in [0, 1), not {config.history_shrink}")
+        length, rank = config.history, config.history_rank
+        keep = math.sqrt(1.0 - config.history_shrink)
+        self.bound = nn.Parameter(torch.tensor(float(config.history_bound)))
+        self.log_day_weight = nn.Parameter(torch.zeros(length))
+        self.keep = nn.Parameter(torch.tensor(keep))
+        self.market_gain = nn.Parameter(torch.tensor(1.0 - keep))
+        self.down = nn.Parameter(torch.randn(length, rank) / math.sqrt(length))
+        self.up = nn.Parameter(torch.zeros(rank, length))
+
+    def forward(self, z: torch.Tensor, market: torch.Tensor) -> torch.Tensor:
+        clipped = torch.minimum(torch.maximum(z, -self.bound), self.bound)
+        centred = clipped - clipped.mean(dim=-1, keepdim=True)
+        rows = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        market = market.expand_as(rows)
+        beta = (rows * market).sum(dim=-1, keepdim=True)
+        weighted = rows * self.log_day_weight.exp()
+        return self.keep * weighted + self.market_gain * beta * market + (rows @ self.down) @ self.up
 
 
 def count_parameters(model: nn.Module) -> int:

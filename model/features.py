@@ -7,12 +7,13 @@ Python loop over samples. Nothing here reads a bar after the window's last day.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from market.panel import Panel
+from model.history import BOUND, daily_returns, history_zscores, market_direction, winsorized_rows
 
 WINDOW = 64
 
@@ -45,6 +46,9 @@ class FeatureCube:
     tickers: np.ndarray
     channels: str
     window: int = WINDOW
+    history: int = 0  # days of long-history returns for the model's history path (0: none)
+    returns: np.ndarray | None = None  # (dates, assets) daily returns, NaN where missing; with history
+    _markets: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_channels(self) -> int:
@@ -64,6 +68,58 @@ class FeatureCube:
         x = self.series[:, start : date_index + 1].index_select(2, idx)  # (C, T, B)
         return zscore(x.permute(2, 0, 1))
 
+    def with_history(self, history: int) -> FeatureCube:
+        """The same cube with long-history inputs of `history` days (0: none); shares the memory."""
+        if history == self.history:
+            return self
+        returns = self.returns if self.returns is not None or not history else daily_returns(self.close)
+        return FeatureCube(
+            self.series,
+            self.eligible,
+            self.close,
+            self.dates,
+            self.tickers,
+            self.channels,
+            self.window,
+            history,
+            returns,
+        )
+
+    def history_inputs(self, date_index: int, assets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(len(assets), history) return z-scores ending at `date_index` (model.history.history_zscores)
+        and the (history,) market direction of every asset eligible on that date (past data only)."""
+        if not self.history or self.returns is None:
+            raise ValueError("this feature cube has no history inputs; build it with history > 0")
+        z = history_zscores(self.returns, date_index, assets, self.history)
+        return torch.from_numpy(z.astype(np.float32)), self.market(date_index)
+
+    def market(self, date_index: int) -> torch.Tensor:
+        """The single-index model's factor on a date: the unit mean of the winsorised history rows of
+        every asset eligible on it (model.history.market_direction); cached per date."""
+        if date_index not in self._markets:
+            everyone = self.eligible_assets(date_index)
+            rows = winsorized_rows(history_zscores(self.returns, date_index, everyone, self.history), BOUND)
+            self._markets[date_index] = torch.from_numpy(market_direction(rows).astype(np.float32))
+        return self._markets[date_index]
+
+    def model_inputs(self, date_index: int, assets: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Everything the encoder reads for `assets` on a date: (windows,) or (windows, history, market)
+        with the market repeated per row, so that rows of several dates can be concatenated."""
+        x = self.windows(date_index, assets)
+        if not self.history:
+            return (x,)
+        z, market = self.history_inputs(date_index, assets)
+        return x, z, market.expand(len(z), -1)
+
+
+def concat_inputs(parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Row-wise concatenation of several `model_inputs` results."""
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+
+
+def slice_inputs(inputs: tuple[torch.Tensor, ...], lo: int, hi: int) -> tuple[torch.Tensor, ...]:
+    return tuple(x[lo:hi] for x in inputs)
+
 
 def zscore(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Z-score along the last (time) axis; a constant channel becomes zeros."""
@@ -72,7 +128,7 @@ def zscore(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return torch.where(std > eps, (x - mean) / std.clamp_min(eps), torch.zeros_like(x))
 
 
-def build_cube(panel: Panel, channels: str = "ohlcva", window: int = WINDOW) -> FeatureCube:
+def build_cube(panel: Panel, channels: str = "ohlcva", window: int = WINDOW, history: int = 0) -> FeatureCube:
     """Prepare every channel of the panel once.
 
     Choices where the spec leaves room, and why:
@@ -111,7 +167,8 @@ def build_cube(panel: Panel, channels: str = "ohlcva", window: int = WINDOW) -> 
     in_window[window:] -= counts[:-window]
     eligible = in_window == window
     eligible[: window - 1] = False
-    return FeatureCube(series, eligible, close, panel.dates, panel.tickers, channels, window)
+    cube = FeatureCube(series, eligible, close, panel.dates, panel.tickers, channels, window)
+    return cube.with_history(history)
 
 
 def historical_returns(

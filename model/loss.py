@@ -19,18 +19,29 @@ def _off_diagonal_log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.masked_fill(eye, float("-inf")), dim=1), eye
 
 
+def similarity(z: torch.Tensor, unit_norm: bool = True) -> torch.Tensor:
+    """Cosine similarity of the rows of z, or their inner product for embeddings that are not unit
+    vectors by design (the history path's shrunk correlations, model/encoder.py)."""
+    z = F.normalize(z.float(), dim=-1) if unit_norm else z.float()
+    return z @ z.T
+
+
 def soft_contrastive_loss(
-    z: torch.Tensor, target_corr: torch.Tensor, tau: float = TAU, tau_target: float = TAU_TARGET
+    z: torch.Tensor,
+    target_corr: torch.Tensor,
+    tau: float | torch.Tensor = TAU,
+    tau_target: float = TAU_TARGET,
+    unit_norm: bool = True,
 ) -> torch.Tensor:
-    """(1/B) sum_i KL(p_i || q_i), p_i = softmax_j(C_ij / tau_t), q_i = softmax_j(cos_ij / tau), j != i.
+    """(1/B) sum_i KL(p_i || q_i), p_i = softmax_j(C_ij / tau_t), q_i = softmax_j(s_ij / tau), j != i,
+    with s the cosine (or the inner product, `unit_norm=False`). `tau` may be a learned tensor.
 
     With future correlations as `target_corr` this is FASCL; with historical correlations it is
     the paper's "observation-aligned targets" ablation.
     """
     if len(z) < 2:
         raise ValueError("the contrastive loss needs at least two assets on a date")
-    z = F.normalize(z.float(), dim=-1)
-    log_q, eye = _off_diagonal_log_softmax(z @ z.T / tau)
+    log_q, eye = _off_diagonal_log_softmax(similarity(z, unit_norm) / tau)
     log_p, _ = _off_diagonal_log_softmax(target_corr.float() / tau_target)
     p = log_p.exp()
     # p is exactly 0 on the diagonal; mask so 0 * (-inf - -inf) does not produce NaN.
@@ -38,12 +49,18 @@ def soft_contrastive_loss(
     return kl.sum(dim=1).mean()
 
 
-def hard_infonce_loss(z: torch.Tensor, target_corr: torch.Tensor, tau: float = TAU) -> torch.Tensor:
-    """Ablation: InfoNCE with each asset's most future-correlated peer as its single positive."""
+def hard_infonce_loss(
+    z: torch.Tensor,
+    target_corr: torch.Tensor,
+    tau: float | torch.Tensor = TAU,
+    tau_target: float = TAU_TARGET,
+    unit_norm: bool = True,
+) -> torch.Tensor:
+    """Ablation: InfoNCE with each asset's most future-correlated peer as its single positive
+    (`tau_target` is unused; it is accepted so that every loss takes the same arguments)."""
     if len(z) < 2:
         raise ValueError("the contrastive loss needs at least two assets on a date")
-    z = F.normalize(z.float(), dim=-1)
-    log_q, eye = _off_diagonal_log_softmax(z @ z.T / tau)
+    log_q, eye = _off_diagonal_log_softmax(similarity(z, unit_norm) / tau)
     positive = target_corr.float().masked_fill(eye, float("-inf")).argmax(dim=1)
     return F.nll_loss(log_q, positive)
 

@@ -28,9 +28,17 @@ from rich.progress import (
 
 from market.panel import Panel
 from model.checkpoint import read_checkpoint, save_checkpoint
-from model.encoder import PatchTransformer, count_parameters, encoder_config
-from model.features import FeatureCube, build_cube, channel_names, historical_returns
-from model.loss import LOSSES, TAU, TAU_TARGET
+from model.encoder import EncoderConfig, PatchTransformer, count_parameters, encoder_config
+from model.features import (
+    FeatureCube,
+    build_cube,
+    channel_names,
+    concat_inputs,
+    historical_returns,
+    slice_inputs,
+)
+from model.history import history_zscores, shrink_to_market, winsorized_rows
+from model.loss import LOSSES, TAU, TAU_TARGET, similarity, soft_contrastive_loss
 from model.metrics import frc_at_k
 from model.splits import Splits, default_splits
 from model.targets import HORIZON, future_complete, future_returns, pearson_matrix
@@ -41,25 +49,33 @@ class TrainConfig:
     encoder: str = "small"
     encoder_overrides: dict = field(default_factory=dict)
     channels: str = "ohlcva"
-    return_skip: bool = False  # route the return channel around the Transformer (model/encoder.py)
     loss: str = "soft"  # soft (FASCL) | hard (InfoNCE ablation) | observed (historical-correlation targets)
-    batch_size: int = 4096  # assets per step, capped by the date's cross-section
+    batch_size: int = 4096  # assets per date, capped by the date's cross-section
+    dates_per_step: int = 1  # dates per optimisation step; the loss is their mean
     epochs: int = 100
     steps_per_epoch: int = 300
     lr: float = 1e-3
     min_lr: float = 1e-6
     warmup_epochs: int = 10
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # Transformer weight matrices only: gates, scales and norms are not decayed
     grad_clip: float = 1.0
-    tau: float = TAU
+    # Prediction temperature. A number: fixed (the paper's 0.01). None: chosen at step 0 so that the
+    # loss of the starting model is smallest, then learned. An encoder that starts as a classical
+    # estimator needs this: its scores are far more spread than softmax(s/0.01) against targets
+    # softmax(C/0.05) wants, and a fixed 0.01 makes the loss reshape the geometry and lose the ranking.
+    tau: float | None = TAU
     tau_target: float = TAU_TARGET
     valid_start: str | None = None
     test_start: str | None = None
     test_end: str | None = None
     valid_stride: int = 16  # trading days between validation query dates
     max_valid_assets: int = 2048  # per validation date, to bound its cost on wide universes
-    patience: int = 10  # epochs without a better validation FRC@1 before stopping
-    max_minutes: float | None = None  # wall-clock budget; the run stops cleanly when spent
+    valid_every: int = 1  # epochs between validations (the last epoch is always validated)
+    patience: int = 10  # validations without a better FRC@1 before stopping, once the start is beaten
+    max_minutes: float | None = (
+        None  # wall-clock budget; the LR schedule follows it, the run stops when spent
+    )
+    bf16: bool | None = None  # bfloat16 autocast for the Transformer; None: on CUDA only
     seed: int = 0
     threads: int | None = None
 
@@ -67,20 +83,19 @@ class TrainConfig:
         return asdict(self)
 
 
-# Defaults per encoder configuration. "paper" is the paper's recipe (a GPU run of hours);
-# "small" fits the CPU budget of minutes: fewer, smaller steps, and the return channel with its
-# skip path so that the encoder starts from the historical-correlation retriever (model/encoder.py).
+# Defaults per encoder configuration. "paper" is the paper's recipe (a GPU run of hours); "small"
+# fits the CPU budget of minutes and reads two years of returns through the history path, starting
+# as the shrunk-correlation retriever (model/encoder.py, HistoryPath).
 PRESETS: dict[str, dict] = {
     "paper": {"batch_size": 4096, "epochs": 100, "steps_per_epoch": 300, "warmup_epochs": 10},
     "small": {
         "batch_size": 512,
-        "epochs": 30,
-        "steps_per_epoch": 20,
+        "epochs": 40,
+        "steps_per_epoch": 30,
         "warmup_epochs": 1,
-        "lr": 3e-3,
-        "channels": "ohlcva_ret",
-        "return_skip": True,
-        "max_minutes": 9.0,
+        "lr": 1e-3,
+        "tau": None,
+        "max_minutes": 15.0,
         "patience": 8,
     },
 }
@@ -99,12 +114,18 @@ def preset_config(encoder: str, **overrides) -> TrainConfig:
 class TrainResult:
     out_dir: Path
     best_valid_frc: float
-    pearson_valid_frc: float
+    start_valid_frc: float  # the model before any step: the classical retriever it starts from
+    baseline_valid_frc: dict  # classical retrievers on the same validation queries
     epochs_run: int
     steps: int
-    samples_per_second: float  # training steps only, validation excluded
+    samples_per_second: float  # wall clock of the whole run, validation included
+    valid_share: float  # share of the wall clock spent validating
     seconds: float  # wall clock of the whole run
     stopped_because: str
+
+    @property
+    def pearson_valid_frc(self) -> float:
+        return self.baseline_valid_frc.get("pearson", float("nan"))
 
 
 def _device() -> torch.device:
@@ -115,24 +136,40 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _lr_lambda(config: TrainConfig):
-    total = config.epochs * config.steps_per_epoch
-    warmup = config.warmup_epochs * config.steps_per_epoch
-    floor = config.min_lr / config.lr
+def lr_factor(progress: float, warmup: float, floor: float) -> float:
+    """Linear warm-up over the first `warmup` of the run, then cosine decay to `floor`; progress in [0, 1]."""
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    rest = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * rest))
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return factor
+def classical_start(cube: FeatureCube, enc: EncoderConfig) -> str:
+    """The name of the classical retriever an encoder starts from (model/retrievers.py BASELINES)."""
+    return f"shrink_market{enc.history}" if enc.history else "pearson"
+
+
+def classical_scores(cube: FeatureCube, t: int, assets: np.ndarray, enc: EncoderConfig) -> np.ndarray:
+    """Scores of `classical_start`: the estimator the history path reproduces before training."""
+    if not enc.history:
+        return pearson_matrix(historical_returns(cube.close, t, assets, cube.window))
+    rows = winsorized_rows(history_zscores(cube.returns, t, assets, enc.history), enc.history_bound)
+    e = shrink_to_market(rows, cube.market(t).double().numpy(), enc.history_shrink)
+    return e @ e.T
 
 
 class Validator:
-    """Validation FRC@1 on fixed query dates; the Pearson retriever is scored once on the same queries."""
+    """Validation FRC@1 on fixed query dates; classical retrievers are scored once on the same queries:
+    plain 64-day Pearson and the estimator the encoder starts from (`classical_start`)."""
 
-    def __init__(self, cube: FeatureCube, positions: np.ndarray, config: TrainConfig, pool: np.ndarray):
+    def __init__(
+        self,
+        cube: FeatureCube,
+        positions: np.ndarray,
+        config: TrainConfig,
+        pool: np.ndarray,
+        encoder: EncoderConfig | None = None,
+    ):
         rng = np.random.default_rng(config.seed + 10_000)
         self.cube = cube
         self.queries = []  # (date position, asset indices, future correlation matrix)
@@ -146,32 +183,75 @@ class Validator:
             self.queries.append((int(t), assets, pearson_matrix(returns)))
         if not self.queries:
             raise ValueError("no validation dates with at least two eligible assets; check the splits")
-        self.pearson_frc = float(
-            np.mean(
-                np.concatenate(
-                    [
-                        frc_at_k(pearson_matrix(historical_returns(cube.close, t, a)), corr, 1)
-                        for t, a, corr in self.queries
-                    ]
-                )
-            )
+        self.baselines = {
+            "pearson": self._score(lambda t, a: pearson_matrix(historical_returns(cube.close, t, a)))
+        }
+        if encoder is not None and encoder.history:
+            name = classical_start(cube, encoder)
+            self.baselines[name] = self._score(lambda t, a: classical_scores(cube, t, a, encoder))
+
+    def _score(self, scores) -> float:
+        return float(
+            np.mean(np.concatenate([frc_at_k(scores(t, a), corr, 1) for t, a, corr in self.queries]))
         )
 
+    @property
+    def pearson_frc(self) -> float:
+        return self.baselines["pearson"]
+
     @torch.no_grad()
-    def frc_at_1(self, model: torch.nn.Module, device: torch.device) -> float:
+    def frc_at_1(self, model: torch.nn.Module, device: torch.device, bf16: bool = False) -> float:
         model.eval()
+        unit_norm = getattr(model, "unit_norm", True)
         scores = []
         for t, assets, corr in self.queries:
-            z = torch.cat(
-                [
-                    model(self.cube.windows(t, chunk).to(device))
-                    for chunk in np.array_split(assets, max(1, len(assets) // 1024))
-                ]
-            )
-            sim = (z @ z.T).float().cpu().numpy()
-            scores.append(frc_at_k(sim, corr, 1))
+            inputs = self.cube.model_inputs(t, assets)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                z = torch.cat(
+                    [
+                        model(*(x.to(device) for x in slice_inputs(inputs, lo, lo + 1024)))
+                        for lo in range(0, len(assets), 1024)
+                    ]
+                )
+            scores.append(frc_at_k(similarity(z, unit_norm).cpu().numpy(), corr, 1))
         model.train()
         return float(np.mean(np.concatenate(scores)))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on the Transformer's weight matrices only. Gates, scales, norms,
+    biases and the history path are not decayed: decay would pull a gate or a scale towards 0, away
+    from the starting point, whatever the loss says."""
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and not name.startswith("history.") else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def calibrate_tau(
+    model, cube: FeatureCube, dates: np.ndarray, pool: np.ndarray, config: TrainConfig, device, rng
+) -> float:
+    """The prediction temperature that minimises the starting model's loss on a few training dates."""
+    model.eval()
+    unit_norm = getattr(model, "unit_norm", True)
+    batches = []
+    for t in rng.choice(dates, min(8, len(dates)), replace=False):
+        assets = np.flatnonzero(pool[t])
+        if len(assets) > config.batch_size:
+            assets = rng.choice(assets, config.batch_size, replace=False)
+        z = model(*(x.to(device) for x in cube.model_inputs(int(t), assets)))
+        target = torch.from_numpy(pearson_matrix(future_returns(cube.close, int(t), assets)[0])).to(device)
+        batches.append((z, target))
+    model.train()
+    grid = np.geomspace(0.002, 0.5, 49)
+    losses = [
+        np.mean(
+            [soft_contrastive_loss(z, c, float(tau), config.tau_target, unit_norm).item() for z, c in batches]
+        )
+        for tau in grid
+    ]
+    return float(grid[int(np.argmin(losses))])
 
 
 def train(
@@ -201,35 +281,35 @@ def train(
         if config.valid_start and config.test_start
         else default_splits(panel.dates)
     )
-    cube = build_cube(panel, config.channels)
+    enc_config = encoder_config(
+        config.encoder, in_channels=len(channel_names(config.channels)), **config.encoder_overrides
+    )
+    cube = build_cube(panel, config.channels, history=enc_config.history)
     pool = cube.eligible & future_complete(cube.close, HORIZON)
     positions = splits.positions(panel.dates)
     train_dates = np.array([t for t in positions["train"] if pool[t].sum() >= 2])
     if len(train_dates) == 0:
         raise ValueError(f"no training dates with two or more eligible assets before {splits.valid_start}")
-    validator = Validator(cube, positions["valid"], config, pool) if main else None
+    validator = Validator(cube, positions["valid"], config, pool, enc_config) if main else None
 
-    names = channel_names(config.channels)
-    if config.return_skip and "return" not in names:
-        raise ValueError(
-            f"return_skip needs a channel set with returns (ohlcva_ret), not {config.channels!r}"
-        )
-    skip = names.index("return") if config.return_skip else None
-    enc_config = encoder_config(
-        config.encoder, in_channels=cube.n_channels, return_skip=skip, **config.encoder_overrides
-    )
     model = PatchTransformer(enc_config).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, foreach=True
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    unit_norm = model.unit_norm
+    use_bf16 = device.type == "cuda" if config.bf16 is None else config.bf16
+    learn_tau = config.tau is None
+    log_tau = torch.nn.Parameter(torch.tensor(math.log(config.tau or TAU), device=device))
+    groups = parameter_groups(model, config.weight_decay)
+    if learn_tau:
+        groups.append({"params": [log_tau], "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), foreach=True)
     loss_fn = LOSSES[config.loss]
-    loss_kwargs = (
-        {"tau": config.tau} if config.loss == "hard" else {"tau": config.tau, "tau_target": config.tau_target}
-    )
+    total_steps = config.epochs * config.steps_per_epoch
+    warmup = config.warmup_epochs / max(1, config.epochs)
+    floor = config.min_lr / config.lr
+    budget = 60 * config.max_minutes if config.max_minutes is not None else None
 
     history: list[dict] = []
-    start_epoch, best, stale = 0, -math.inf, 0
+    start_epoch, best, stale, step, spent = 0, -math.inf, 0, 0, 0.0
+    start_frc = float("nan")
     last_file = out_dir / "last.pt"
     if resume and last_file.exists():
         state = read_checkpoint(last_file)
@@ -242,17 +322,24 @@ def train(
             )
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
+        with torch.no_grad():
+            log_tau.fill_(math.log(state["tau"]))
+        step, spent = state["scheduler_state"]["step"], state["scheduler_state"]["seconds"]
         start_epoch, best, stale = state["epoch"] + 1, state["best_valid_frc"], state["stale_epochs"]
+        start_frc = state["start_valid_frc"]
         history = state.get("history", [])
         rng = np.random.default_rng(config.seed + 1_000 * rank + start_epoch)
         if main:
             console.print(
                 f"resuming from {last_file} at epoch {start_epoch} (best validation FRC@1 {best:.4f})"
             )
+    elif learn_tau:
+        with torch.no_grad():
+            log_tau.fill_(math.log(calibrate_tau(model, cube, train_dates, pool, config, device, rng)))
+    if distributed and learn_tau:
+        dist.broadcast(log_tau.data, src=0)  # every rank starts from rank 0's calibration
 
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
-    use_bf16 = device.type == "cuda"
     meta = {
         "encoder_config": enc_config.to_dict(),
         "train_config": config.to_dict(),
@@ -266,26 +353,58 @@ def train(
         },
         "parameters": count_parameters(model),
     }
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(meta, indent=2))
-        console.print(
-            f"FASCL {config.encoder} ({meta['parameters']:,} parameters, {config.channels}, "
-            f"loss {config.loss}) on {device}; "
-            f"{len(train_dates)} training dates, {len(validator.queries)} validation dates; "
-            f"Pearson validation FRC@1 {validator.pearson_frc:.4f}"
-        )
+    baselines = validator.baselines if main else {}
+
+    def checkpoint(epoch: int) -> dict:
+        return {
+            **meta,
+            "model_state": model.state_dict(),
+            "optimizer_state": optimizer.state_dict(),
+            "scheduler_state": {"step": step, "seconds": spent},
+            "tau": math.exp(log_tau.item()),
+            "epoch": epoch,
+            "best_valid_frc": best,
+            "start_valid_frc": start_frc,
+            "stale_epochs": stale,
+            "pearson_valid_frc": baselines.get("pearson"),
+            "baseline_valid_frc": baselines,
+            "history": history,
+        }
 
     started = time.perf_counter()
-    train_seconds = 0.0  # optimisation steps only, for throughput (validation excluded)
-    samples, steps, stopped = 0, 0, "finished all epochs"
+    valid_seconds = 0.0
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     log = open(out_dir / "log.jsonl", "a" if start_epoch > 0 else "w") if main else None
+    if main:
+        (out_dir / "config.json").write_text(json.dumps(meta, indent=2))
+        against = ", ".join(f"{name} {value:.4f}" for name, value in baselines.items())
+        console.print(
+            f"FASCL {config.encoder} ({meta['parameters']:,} parameters, {config.channels}"
+            f"{f', {enc_config.history}-day history' if enc_config.history else ''}, loss {config.loss}, "
+            f"tau {math.exp(log_tau.item()):.4f}{' learned' if learn_tau else ''}) on {device}; "
+            f"{len(train_dates)} training dates, {len(validator.queries)} validation dates; "
+            f"validation FRC@1 of {against}"
+        )
+        if start_epoch == 0:
+            # Step 0: an encoder with a history path scores exactly the classical retriever here.
+            tick = time.perf_counter()
+            start_frc = best = validator.frc_at_1(model, device, use_bf16)
+            valid_seconds += time.perf_counter() - tick
+            record = {"epoch": -1, "step": 0, "valid_frc1": start_frc, "baseline_valid_frc1": baselines}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            save_checkpoint(checkpoint(-1), out_dir / "best.pt")
+            console.print(f"step 0: validation FRC@1 {start_frc:.4f}")
+
+    samples, steps, stopped = 0, 0, "finished all epochs"
     progress = Progress(
         TextColumn("epoch {task.fields[epoch]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn(
-            "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  valid FRC@1 {task.fields[valid]}"
+            "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  tau {task.fields[tau]:.4f}  "
+            "valid FRC@1 {task.fields[valid]}"
         ),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
@@ -299,7 +418,8 @@ def train(
             total=(config.epochs - start_epoch) * config.steps_per_epoch,
             epoch=start_epoch,
             loss=float("nan"),
-            lr=scheduler.get_last_lr()[0],
+            lr=config.lr,
+            tau=math.exp(log_tau.item()),
             valid=f"{best:.4f}" if best > -math.inf else "-",
         )
         for epoch in range(start_epoch, config.epochs):
@@ -307,73 +427,92 @@ def train(
             ddp_model.train()
             epoch_started = time.perf_counter()
             for _ in range(config.steps_per_epoch):
-                t = int(rng.choice(train_dates))
-                assets = np.flatnonzero(pool[t])
-                if len(assets) > config.batch_size:
-                    assets = rng.choice(assets, config.batch_size, replace=False)
-                x = cube.windows(t, assets).to(device, non_blocking=True)
-                if config.loss == "observed":
-                    target = pearson_matrix(historical_returns(cube.close, t, assets))
-                else:
-                    target = pearson_matrix(future_returns(cube.close, t, assets)[0])
-                target = torch.from_numpy(target).to(device)
+                # The schedule follows whichever runs out first, the steps or the time budget.
+                done = step / max(1, total_steps)
+                if budget:
+                    done = max(done, (spent + time.perf_counter() - epoch_started) / budget)
+                lr = config.lr * lr_factor(done, warmup, floor)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                parts, targets = [], []
+                for t in rng.choice(train_dates, config.dates_per_step):
+                    assets = np.flatnonzero(pool[t])
+                    if len(assets) > config.batch_size:
+                        assets = rng.choice(assets, config.batch_size, replace=False)
+                    parts.append(cube.model_inputs(int(t), assets))
+                    if config.loss == "observed":
+                        target = pearson_matrix(historical_returns(cube.close, int(t), assets))
+                    else:
+                        target = pearson_matrix(future_returns(cube.close, int(t), assets)[0])
+                    targets.append(torch.from_numpy(target).to(device))
+                inputs = tuple(x.to(device, non_blocking=True) for x in concat_inputs(parts))
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    z = ddp_model(x)
-                loss = loss_fn(z, target, **loss_kwargs)
+                    z = ddp_model(*inputs)
+                tau = log_tau.exp()
+                lo, loss = 0, 0.0
+                for target in targets:
+                    zs = z[lo : lo + len(target)]
+                    loss = loss + loss_fn(zs, target, tau, config.tau_target, unit_norm) / len(targets)
+                    lo += len(target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if distributed and learn_tau:  # DDP averages the model's gradients, not this one
+                    dist.all_reduce(log_tau.grad)
+                    log_tau.grad /= world
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
-                scheduler.step()
                 loss_value = loss.item()
                 running += loss_value
-                samples += len(assets) * world
+                samples += len(z) * world
                 steps += 1
-                progress.update(task, advance=1, loss=loss_value, lr=scheduler.get_last_lr()[0], epoch=epoch)
-            train_seconds += time.perf_counter() - epoch_started
+                step += 1
+                progress.update(task, advance=1, loss=loss_value, lr=lr, tau=tau.item(), epoch=epoch)
+            spent += time.perf_counter() - epoch_started
 
-            valid = validator.frc_at_1(model, device) if main else 0.0
-            improved = valid > best
-            if main:
+            out_of_time = budget is not None and spent + valid_seconds > budget
+            last_epoch = epoch == config.epochs - 1 or out_of_time
+            if main and ((epoch + 1) % config.valid_every == 0 or last_epoch):
+                tick = time.perf_counter()
+                valid = validator.frc_at_1(model, device, use_bf16)
+                valid_seconds += time.perf_counter() - tick
+                improved = valid > best
                 best, stale = (valid, 0) if improved else (best, stale + 1)
+                done = step / max(1, total_steps)
+                if budget:
+                    done = max(done, spent / budget)
                 record = {
                     "epoch": epoch,
+                    "step": step,
                     "loss": running / config.steps_per_epoch,
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": config.lr * lr_factor(done, warmup, floor),  # for the next step
+                    "tau": math.exp(log_tau.item()),
                     "valid_frc1": valid,
-                    "pearson_valid_frc1": validator.pearson_frc,
+                    "start_valid_frc1": start_frc,
+                    "pearson_valid_frc1": baselines["pearson"],
                     "elapsed_s": time.perf_counter() - started,
+                    "valid_share": valid_seconds / (time.perf_counter() - started),
                     "samples": samples,
                 }
+                if enc_config.history:
+                    record["gate"] = float(model.gate.item())
                 history.append(record)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-                progress.update(
-                    task, valid=f"{valid:.4f} (best {best:.4f}, Pearson {validator.pearson_frc:.4f})"
-                )
-                state = {
-                    **meta,
-                    "model_state": model.state_dict(),
-                    "optimizer_state": optimizer.state_dict(),
-                    "scheduler_state": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "best_valid_frc": best,
-                    "stale_epochs": stale,
-                    "pearson_valid_frc": validator.pearson_frc,
-                    "history": history,
-                }
+                progress.update(task, valid=f"{valid:.4f} (best {best:.4f}, start {start_frc:.4f})")
+                state = checkpoint(epoch)
                 if improved:
                     save_checkpoint(state, out_dir / "best.pt")
                 save_checkpoint(state, last_file)
+            elif main:
+                save_checkpoint(checkpoint(epoch), last_file)
 
-            out_of_time = (
-                config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes
-            )
-            stop = torch.tensor([int(main and stale >= config.patience), int(out_of_time)], device=device)
+            # Early stopping may not end a run that has not beaten its start: only the budget can.
+            patience_spent = main and stale >= config.patience and best > start_frc
+            stop = torch.tensor([int(patience_spent), int(out_of_time)], device=device)
             if distributed:
                 dist.broadcast(stop, src=0)
             if stop[0]:
-                stopped = f"no better validation FRC@1 for {config.patience} epochs"
+                stopped = f"no better validation FRC@1 for {config.patience} validations"
                 break
             if stop[1]:
                 stopped = f"time budget of {config.max_minutes:g} minutes spent"
@@ -384,15 +523,19 @@ def train(
     result = TrainResult(
         out_dir=out_dir,
         best_valid_frc=best,
-        pearson_valid_frc=validator.pearson_frc if main else float("nan"),
+        start_valid_frc=start_frc,
+        baseline_valid_frc=baselines,
         epochs_run=epoch + 1 - start_epoch,
         steps=steps,
-        samples_per_second=samples / train_seconds if train_seconds > 0 else 0.0,
+        samples_per_second=samples / elapsed if elapsed > 0 else 0.0,
+        valid_share=valid_seconds / elapsed if elapsed > 0 else 0.0,
         stopped_because=stopped,
         seconds=elapsed,
     )
     if main:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+        summary["gain_over_start"] = best - start_frc
+        summary["classical_start"] = classical_start(cube, enc_config)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if distributed:
         dist.destroy_process_group()

@@ -26,9 +26,16 @@ def train(
     channels: Annotated[
         str | None, typer.Option(help="ohlcva (paper) | close (ablation) | ohlcva_ret")
     ] = None,
-    return_skip: Annotated[
-        bool | None, typer.Option(help="Route the return channel around the Transformer")
+    history: Annotated[
+        int | None,
+        typer.Option(help="Days of long-history returns for the history path (0: off, the paper's encoder)"),
     ] = None,
+    tau: Annotated[
+        float | None, typer.Option(help="Fixed prediction temperature (default: the preset's; small learns it)")
+    ] = None,
+    bf16: Annotated[bool | None, typer.Option(help="bfloat16 autocast (default: on CUDA only)")] = None,
+    dates_per_step: Annotated[int | None, typer.Option(help="Dates per optimisation step")] = None,
+    valid_every: Annotated[int | None, typer.Option(help="Epochs between validations")] = None,
     loss: Annotated[
         str, typer.Option(help="soft (FASCL) | hard (InfoNCE) | observed (historical targets)")
     ] = "soft",
@@ -65,13 +72,22 @@ def train(
 
     path, panel = load_panel_or_exit(data, console)
     out = out or get_settings().models_dir / f"{path.name}-{config}"
-    overrides = {"width": width, "depth": depth, "pooling": pooling, "projection_head": projection_head}
+    overrides = {
+        "width": width,
+        "depth": depth,
+        "pooling": pooling,
+        "projection_head": projection_head,
+        "history": history,
+    }
     try:
         cfg = preset_config(
             config,
             encoder_overrides={k: v for k, v in overrides.items() if v is not None},
             channels=channels,
-            return_skip=return_skip,
+            tau=tau,
+            bf16=bf16,
+            dates_per_step=dates_per_step,
+            valid_every=valid_every,
             loss=loss,
             batch_size=batch_size,
             epochs=epochs,
@@ -89,10 +105,14 @@ def train(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
     table = Table(title=f"trained {out}", show_header=False)
-    table.add_row("validation FRC@1, FASCL (best epoch)", f"{result.best_valid_frc:.4f}")
-    table.add_row("validation FRC@1, historical Pearson", f"{result.pearson_valid_frc:.4f}")
+    table.add_row("validation FRC@1, FASCL (best)", f"{result.best_valid_frc:.4f}")
+    table.add_row("validation FRC@1, FASCL at step 0", f"{result.start_valid_frc:.4f}")
+    table.add_row("what training added", f"{result.best_valid_frc - result.start_valid_frc:+.4f}")
+    for name, value in result.baseline_valid_frc.items():
+        table.add_row(f"validation FRC@1, {name}", f"{value:.4f}")
     table.add_row("epochs / steps", f"{result.epochs_run} / {result.steps}")
-    table.add_row("samples per second", f"{result.samples_per_second:,.0f}")
+    table.add_row("samples per second (validation included)", f"{result.samples_per_second:,.0f}")
+    table.add_row("share of time validating", f"{100 * result.valid_share:.0f}%")
     table.add_row("wall clock", f"{result.seconds / 60:.1f} min")
     table.add_row("stopped because", result.stopped_because)
     console.print(table)

@@ -35,9 +35,18 @@ SCRIPT = textwrap.dedent(
             models.append(self)
 
     mt.PatchTransformer = Recorded
+    tau_of = []  # the learned temperature of this rank: the parameter AdamW is given last
+    optimizer_class = mt.torch.optim.AdamW
+
+    def recording_adamw(groups, **kwargs):
+        tau_of.append(groups[-1]["params"][0])
+        return optimizer_class(groups, **kwargs)
+
+    mt.torch.optim.AdamW = recording_adamw
     panel = generate(40, 3, seed=0).panel
     config = mt.TrainConfig(
-        encoder="tiny", batch_size=24, epochs=2, steps_per_epoch=3, warmup_epochs=1, threads=1, seed=0
+        encoder="tiny", batch_size=24, epochs=2, steps_per_epoch=3, warmup_epochs=1, threads=1, seed=0,
+        tau=None,
     )
     result = mt.train(panel, config, out, resume=False, console=Console(file=io.StringIO()))
     torch.save(models[0].state_dict(), os.path.join(out, f"rank{rank}_weights.pt"))
@@ -49,6 +58,7 @@ SCRIPT = textwrap.dedent(
                 "steps": result.steps,
                 "best_valid_frc": result.best_valid_frc,
                 "stopped_because": result.stopped_because,
+                "tau": float(mt.math.exp(tau_of[0].item())) if tau_of else None,
             },
             fh,
         )
@@ -93,7 +103,7 @@ def test_two_process_run_succeeds(ddp_run):
     for name in ("best.pt", "last.pt", "log.jsonl", "config.json", "summary.json"):
         assert (out / name).is_file(), name
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [0, 1]  # rank 0 alone logs: one line per epoch
+    assert [r["epoch"] for r in log] == [-1, 0, 1]  # rank 0 alone logs: step 0, then one line per epoch
     assert log[-1]["samples"] == 2 * 3 * 24 * 2  # epochs x steps x batch x world
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for result in results:
@@ -115,6 +125,10 @@ def test_ranks_end_with_identical_weights(ddp_run):
     assert w0.keys() == w1.keys()
     for key in w0:
         torch.testing.assert_close(w0[key], w1[key], rtol=0, atol=1e-6, msg=key)
+    # the learned temperature lives outside the DDP module; its gradient is averaged by hand
+    taus = [json.loads((out / f"rank{r}.json").read_text())["tau"] for r in (0, 1)]
+    assert taus[0] == pytest.approx(taus[1], rel=1e-6)
+    assert taus[0] == pytest.approx(read_checkpoint(out / "last.pt")["tau"], rel=1e-6)
     saved = read_checkpoint(out / "last.pt")["model_state"]
     for key in w0:
         assert torch.equal(saved[key], w0[key]), key

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder import CONFIGS, WINSOR, EncoderConfig, PatchTransformer, count_parameters, encoder_config
-from model.features import zscore
+from model.encoder import CONFIGS, EncoderConfig, PatchTransformer, count_parameters, encoder_config
+from model.history import market_direction, shrink_to_market, winsorized_rows
 
 
 def _x(batch: int, channels: int = 6, window: int = 64, seed: int = 0) -> torch.Tensor:
@@ -17,7 +17,9 @@ def _x(batch: int, channels: int = 6, window: int = 64, seed: int = 0) -> torch.
 
 
 def _model(name: str, seed: int = 0, **overrides) -> PatchTransformer:
+    """The Transformer alone (no history path) unless `history` is given."""
     torch.manual_seed(seed)
+    overrides.setdefault("history", 0)
     return PatchTransformer(encoder_config(name, **overrides)).eval()
 
 
@@ -46,6 +48,7 @@ def test_small_config_is_under_2m_parameters():
     n = count_parameters(PatchTransformer(CONFIGS["small"]))
     assert 500_000 < n < 2_000_000
     assert count_parameters(PatchTransformer(CONFIGS["tiny"])) < n
+    assert CONFIGS["small"].history == 504 and CONFIGS["paper"].history == 0
 
 
 def test_paper_config_forward():
@@ -104,7 +107,7 @@ def test_window_not_divisible_by_patch_raises(window, patch):
 
 
 def test_other_window_and_patch():
-    model = PatchTransformer(dataclasses.replace(CONFIGS["tiny"], window=32, patch=8)).eval()
+    model = PatchTransformer(dataclasses.replace(CONFIGS["tiny"], window=32, patch=8, history=0)).eval()
     with torch.no_grad():
         assert model(_x(2, window=32)).shape == (2, 32)
 
@@ -148,20 +151,69 @@ def test_gradients_reach_every_parameter():
         assert p.grad.abs().sum() > 0, name
 
 
-def test_return_skip_starts_from_the_winsorised_pearson_retriever():
-    """With the skip path dominant, embedding cosine equals the correlation of the winsorised returns."""
-    torch.manual_seed(0)
-    config = encoder_config("tiny", in_channels=7, return_skip=6)
-    model = PatchTransformer(config).eval()
-    assert model.dim == config.width + config.window
+# ------------------------------------------------------------ history path
+def _history_inputs(batch: int, length: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    # heavy tails, so that the winsorising bound matters, and a common factor, so the market does
+    factor = torch.randn(1, length, generator=g)
+    z = factor + torch.distributions.StudentT(3.0).sample((batch, length)) * 0.8
+    z = (z - z.mean(dim=1, keepdim=True)) / z.std(dim=1, keepdim=True)
+    rows = winsorized_rows(z.double().numpy())
+    return z, torch.from_numpy(market_direction(rows)).float()
+
+
+def test_history_path_at_start_scores_exactly_the_shrunk_correlation_retriever():
+    model = _model("tiny", history=48, seed=3)
+    assert not model.unit_norm and model.dim == 48
+    z, market = _history_inputs(20, 48)
     with torch.no_grad():
-        model.skip_scale.fill_(8.0)  # e^8: the Transformer's share of the cosine is ~1e-7
-        x = zscore(torch.randn(12, 7, 64))
-        z = model(x)
-    pearson = np.corrcoef(np.clip(x[:, 6].numpy(), -WINSOR, WINSOR))
-    np.testing.assert_allclose((z @ z.T).numpy(), pearson, atol=1e-4)
+        e = model(_x(20), z, market)
+    rows = winsorized_rows(z.double().numpy(), 2.5)
+    classical = shrink_to_market(rows, market.double().numpy(), 0.2)
+    np.testing.assert_allclose((e @ e.T).numpy(), classical @ classical.T, atol=1e-6)
+    # the same ranking for every query, not just close scores
+    np.testing.assert_array_equal(
+        np.argsort(-(e @ e.T).numpy(), axis=1)[:, :5], np.argsort(-(classical @ classical.T), axis=1)[:, :5]
+    )
+    assert (e.norm(dim=1) <= 1 + 1e-6).all()
+    # market given per row (as the feature cube gives it for batches of several dates) is the same
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x(20), z, market.expand(20, -1)), e)
 
 
-def test_return_skip_must_name_an_input_channel():
-    with pytest.raises(ValueError, match="return_skip channel 6"):
-        PatchTransformer(encoder_config("tiny", in_channels=6, return_skip=6))
+def test_history_path_with_another_bound_and_shrink():
+    model = _model("tiny", history=48, history_bound=1.5, history_shrink=0.5)
+    z, market = _history_inputs(10, 48, seed=1)
+    with torch.no_grad():
+        e = model(_x(10), z, market)
+    classical = shrink_to_market(winsorized_rows(z.double().numpy(), 1.5), market.double().numpy(), 0.5)
+    np.testing.assert_allclose((e @ e.T).numpy(), classical @ classical.T, atol=1e-6)
+
+
+def test_gate_at_zero_means_the_transformer_changes_nothing_until_it_opens():
+    model = _model("tiny", history=48).train()
+    z, market = _history_inputs(8, 48)
+    e = model(_x(8), z, market)
+    e2 = model(_x(8, seed=9), z, market)  # other windows, same history
+    torch.testing.assert_close(e, e2)
+    (e @ e.T).triu(1).sum().backward()
+    assert model.gate.grad.abs() > 0  # ReZero: the gate itself learns from step 0
+    assert model.history.log_day_weight.grad.abs().sum() > 0
+    assert model.patch_embed.weight.grad.abs().sum() == 0
+    model.zero_grad()
+    with torch.no_grad():
+        model.gate.fill_(0.1)
+        model.history.up.fill_(0.01)  # like LoRA, `down` learns once `up` has left 0
+    e = model(_x(8), z, market)
+    (e @ e.T).triu(1).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_history_path_needs_its_inputs():
+    model = _model("tiny", history=48)
+    with pytest.raises(ValueError, match="history path"):
+        model(_x(2))
+    with pytest.raises(ValueError, match="history_shrink"):
+        PatchTransformer(encoder_config("tiny", history=48, history_shrink=1.0))

@@ -60,7 +60,13 @@ def test_run_writes_checkpoints_logs_and_summary(run):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.tmp"))
     log = _log(out)
-    assert [r["epoch"] for r in log] == [0, 1]
+    assert [r["epoch"] for r in log] == [-1, 0, 1]
+    start = log.pop(0)  # step 0: the encoder before training, scored beside the classical retrievers
+    assert start["step"] == 0 and start["valid_frc1"] == pytest.approx(
+        start["baseline_valid_frc1"]["shrink_market32"]
+    )
+    assert result.start_valid_frc == start["valid_frc1"]
+    assert set(result.baseline_valid_frc) == {"pearson", "shrink_market32"}
     for record in log:
         assert 0.0 < record["valid_frc1"] <= 1.0
         assert 0.0 < record["pearson_valid_frc1"] <= 1.0
@@ -70,7 +76,10 @@ def test_run_writes_checkpoints_logs_and_summary(run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["steps"] == 10
     assert summary["stopped_because"] == "finished all epochs"
-    assert summary["best_valid_frc"] == pytest.approx(max(r["valid_frc1"] for r in log))
+    assert summary["best_valid_frc"] == pytest.approx(max(r["valid_frc1"] for r in [start, *log]))
+    assert summary["gain_over_start"] == pytest.approx(summary["best_valid_frc"] - start["valid_frc1"])
+    assert summary["classical_start"] == "shrink_market32"
+    assert 0 < summary["valid_share"] < 1
     assert summary["out_dir"] == str(out)
     assert result.epochs_run == 2 and result.steps == 10
     config = json.loads((out / "config.json").read_text())
@@ -93,15 +102,16 @@ def test_checkpoint_contents(run, panel):
     assert last["data"]["first_date"] == str(panel.dates[0])
     assert last["data"]["last_date"] == str(panel.dates[-1])
     assert last["splits"] == default_splits(panel.dates).to_dict()
-    assert last["scheduler_state"]["last_epoch"] == 10
+    assert last["scheduler_state"]["step"] == 10 and last["scheduler_state"]["seconds"] > 0
     assert last["optimizer_state"]["state"]  # AdamW moments were saved
     assert [h["epoch"] for h in last["history"]] == [0, 1]
+    assert last["tau"] == pytest.approx(BASE.tau)  # a fixed temperature stays fixed
     model = PatchTransformer(encoder_config("tiny", in_channels=6))
     model.load_state_dict(last["model_state"])  # strict: every key present, shapes right
     best = read_checkpoint(out)  # a directory means its best.pt
     log = _log(out)
     assert best["best_valid_frc"] == pytest.approx(max(r["valid_frc1"] for r in log))
-    assert log[best["epoch"]]["valid_frc1"] == pytest.approx(best["best_valid_frc"])
+    assert {r["epoch"]: r for r in log}[best["epoch"]]["valid_frc1"] == pytest.approx(best["best_valid_frc"])
 
 
 def test_load_encoder_reproduces_the_trained_models_validation_score(run, panel):
@@ -111,20 +121,23 @@ def test_load_encoder_reproduces_the_trained_models_validation_score(run, panel)
         assert not model.training
         assert not any(key.endswith("_state") for key in meta)
         assert meta["data"]["fingerprint"] == panel.fingerprint()
-        cube = build_cube(panel, BASE.channels)
+        cube = build_cube(panel, BASE.channels, history=model.config.history)
         pool = cube.eligible & future_complete(cube.close)
-        validator = Validator(cube, default_splits(panel.dates).positions(panel.dates)["valid"], BASE, pool)
+        positions = default_splits(panel.dates).positions(panel.dates)["valid"]
+        validator = Validator(cube, positions, BASE, pool, model.config)
         score = validator.frc_at_1(model, torch.device("cpu"))
-        assert score == pytest.approx(_log(out)[meta["epoch"]]["valid_frc1"], abs=1e-9)
+        assert score == pytest.approx(
+            {r["epoch"]: r for r in _log(out)}[meta["epoch"]]["valid_frc1"], abs=1e-9
+        )
         assert validator.pearson_frc == pytest.approx(meta["pearson_valid_frc"])
         # embeddings equal the raw state dict loaded by hand
         state = torch.load(out / name, weights_only=False)
         twin = PatchTransformer(encoder_config("tiny", in_channels=6))
         twin.load_state_dict(state["model_state"])
         twin.eval()
-        x = cube.windows(400, np.arange(10))
+        x = cube.model_inputs(400, np.arange(10))
         with torch.no_grad():
-            assert torch.equal(model(x), twin(x))
+            assert torch.equal(model(*x), twin(*x))
 
 
 # -------------------------------------------------------------------- resume
@@ -136,11 +149,11 @@ def test_resume_continues_where_it_stopped(run, panel, tmp_path):
     result = _run(panel, resumed, dataclasses.replace(BASE, epochs=3), resume=True)
     assert result.epochs_run == 1 and result.steps == 5
     log = _log(resumed)
-    assert [r["epoch"] for r in log] == [0, 1, 2]
-    assert log[:2] == _log(out)  # the first two lines are the old run's
+    assert [r["epoch"] for r in log] == [-1, 0, 1, 2]
+    assert log[:3] == _log(out)  # the first lines are the old run's
     after = read_checkpoint(resumed / "last.pt")
     assert after["epoch"] == 2
-    assert after["scheduler_state"]["last_epoch"] == 15
+    assert after["scheduler_state"]["step"] == 15
     # AdamW's step count continued from the checkpoint (a restart would be at 5)
     assert float(after["optimizer_state"]["state"][0]["step"]) == 15
     assert [h["epoch"] for h in after["history"]] == [0, 1, 2]
@@ -148,7 +161,7 @@ def test_resume_continues_where_it_stopped(run, panel, tmp_path):
     # nothing left to do: a second resume at epochs=3 trains no more
     again = _run(panel, resumed, dataclasses.replace(BASE, epochs=3), resume=True)
     assert again.epochs_run == 0 and again.steps == 0
-    assert len(_log(resumed)) == 3
+    assert len(_log(resumed)) == 4
 
 
 def test_resume_with_another_configuration_raises(run, panel, tmp_path):
@@ -178,7 +191,7 @@ def test_same_seed_gives_identical_weights(run, panel, tmp_path):
     first = read_checkpoint(out / "last.pt")
     second = read_checkpoint(tmp_path / "again" / "last.pt")
     assert _states_equal(first["model_state"], second["model_state"])
-    assert [r["loss"] for r in _log(out)] == [r["loss"] for r in _log(tmp_path / "again")]
+    assert [r.get("loss") for r in _log(out)] == [r.get("loss") for r in _log(tmp_path / "again")]
     _run(panel, tmp_path / "other", dataclasses.replace(BASE, seed=1))
     third = read_checkpoint(tmp_path / "other" / "last.pt")
     assert not _states_equal(first["model_state"], third["model_state"])
@@ -215,7 +228,7 @@ def test_other_loss_kinds_train(panel, tmp_path, loss):
     config = dataclasses.replace(BASE, loss=loss, epochs=1, steps_per_epoch=4)
     result = _run(panel, tmp_path, config)
     assert result.steps == 4
-    log = _log(tmp_path)
+    log = _log(tmp_path)[1:]
     assert len(log) == 1 and np.isfinite(log[0]["loss"]) and log[0]["loss"] > 0
     assert read_checkpoint(tmp_path / "last.pt")["train_config"]["loss"] == loss
 
@@ -225,13 +238,15 @@ def test_close_only_channels_train(panel, tmp_path):
     _run(panel, tmp_path, config)
     model, meta = load_encoder(tmp_path)
     assert meta["encoder_config"]["in_channels"] == 1
-    assert model(torch.zeros(2, 1, 64)).shape == (2, 32)
+    cube = build_cube(panel, "close", history=model.config.history)
+    assert model(*cube.model_inputs(400, np.arange(2))).shape == (2, model.dim)
 
 
 def test_training_lowers_the_loss(panel, tmp_path):
-    config = dataclasses.replace(BASE, epochs=4, steps_per_epoch=15, seed=3)
+    """The paper's encoder (no history path) from random weights: the loss must fall."""
+    config = dataclasses.replace(BASE, epochs=4, steps_per_epoch=15, seed=3, encoder_overrides={"history": 0})
     _run(panel, tmp_path, config)
-    log = _log(tmp_path)
+    log = _log(tmp_path)[1:]
     assert len(log) == 4
     assert log[-1]["loss"] < 0.7 * log[0]["loss"]
     assert log[-1]["lr"] == pytest.approx(config.min_lr)
@@ -241,7 +256,7 @@ def test_time_budget_stops_cleanly(panel, tmp_path):
     result = _run(panel, tmp_path, dataclasses.replace(BASE, epochs=5, max_minutes=0.0))
     assert result.epochs_run == 1
     assert "time budget" in result.stopped_because
-    assert (tmp_path / "last.pt").is_file() and len(_log(tmp_path)) == 1
+    assert (tmp_path / "last.pt").is_file() and len(_log(tmp_path)) == 2
 
 
 def test_explicit_splits_are_recorded(panel, tmp_path):
