@@ -102,10 +102,12 @@ class PatchTransformer(nn.Module):
         self.final_norm = nn.LayerNorm(config.width)
         if config.history:
             self.history = HistoryPath(config)
-            # ReZero: the Transformer joins the history embedding through a gate that starts at 0,
-            # so step 0 scores exactly the classical retriever and the loss decides what it adds.
+            # The Transformer joins the history embedding through a map that starts at zero (a
+            # matrix-valued ReZero gate), so step 0 scores exactly the classical retriever and the
+            # loss decides what it adds. A zero matrix, unlike a zero scalar in front of a random
+            # projection, has a useful gradient from step 0: (dL/de) t^T.
             self.join = nn.Linear(config.width, config.history, bias=False)
-            self.gate = nn.Parameter(torch.tensor(0.0))
+            nn.init.zeros_(self.join.weight)
         else:
             self.history = None
         self.head = (
@@ -144,7 +146,7 @@ class PatchTransformer(nn.Module):
             return embedding
         if history is None or market is None:
             raise ValueError("this encoder has a history path: pass the history z-scores and the market")
-        e = self.history(history.float(), market.float()) + self.gate * self.join(embedding)
+        e = self.history(history.float(), market.float()) + self.join(embedding)
         # Scores are inner products; keeping vectors in the unit ball keeps them in [-1, 1].
         return e / e.norm(dim=-1, keepdim=True).clamp_min(1.0)
 

@@ -5,7 +5,9 @@ future window (D, D + horizon]; the query itself is never retrieved. Query dates
 period's dates spaced `stride` trading days apart (64: non-overlapping future windows; 1: every
 day). For each date the future is read once, through `model.targets`, and every retriever's peers
 are scored against it (model/metrics.py). `summarize` turns the per-query values into the numbers
-of metrics.json and report.md.
+of metrics.json and report.md: per method and K the mean over queries, the per-date means, paired
+per-date differences to Pearson and to the best classical retriever, and intervals from a bootstrap
+over query dates (queries of one date share its market and are not independent).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pandas as pd
 from market.panel import Panel
 from model import metrics as M
 from model.features import WINDOW
-from model.retrievers import PCA_LOOKBACK, EvalContext, FasclRetriever, Retriever
+from model.retrievers import BASELINES, CLASSICAL, EvalContext, FasclRetriever, Retriever, make_baseline
 from model.targets import HORIZON, future_complete, future_returns, pearson_matrix
 
 KS: tuple[int, ...] = (1, 5, 10, 20)
@@ -58,11 +60,19 @@ def query_positions(dates: np.ndarray, start, end=None, horizon: int = HORIZON) 
     return np.arange(lo, max(lo, hi - horizon))
 
 
+def history_needed(retrievers: Sequence[Retriever], window: int = WINDOW) -> int:
+    """Past closes the longest-reaching retriever reads (its `history`; `window` where it declares none)."""
+    return max([window] + [int(getattr(r, "history", window)) for r in retrievers])
+
+
 def prepare_context(
-    panel: Panel, positions: np.ndarray, config: EvalConfig, lookback: int = PCA_LOOKBACK
+    panel: Panel, positions: np.ndarray, config: EvalConfig, lookback: int | None = None
 ) -> tuple[EvalContext, np.ndarray]:
-    """The context on the slice of the panel the evaluation needs (history for the window and the PCA
-    lookback before the first date, the future window after the last), and positions inside it."""
+    """The context on the slice of the panel the evaluation needs (`lookback` past closes before the
+    first date, by default what every baseline reads; the future window after the last), and
+    positions inside it."""
+    if lookback is None:
+        lookback = history_needed([make_baseline(n) for n in BASELINES], config.window)
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) == 0:
         raise ValueError("no query dates: the test period is empty or shorter than the future window")
@@ -94,6 +104,7 @@ class EvalResult:
     turnover: np.ndarray  # (M, nK, n_days)
     mean_future_corr: np.ndarray  # (n_dates,) mean pairwise future correlation (Random's expectation)
     seconds: dict[str, float] = field(default_factory=dict)  # scoring + metric time per method
+    score_seconds: dict[str, float] = field(default_factory=dict)  # the retriever's scores() alone
     example: dict = field(default_factory=dict)
 
     def index(self, method: str) -> int:
@@ -145,6 +156,7 @@ def evaluate(
     turn_sum = np.zeros((m, nk, len(days)))
     count = np.zeros((m, len(days)))
     seconds = dict.fromkeys(names, 0.0)
+    score_seconds = dict.fromkeys(names, 0.0)
     mean_corr = np.zeros(len(positions))
     query_date = np.repeat(np.arange(len(positions)), per_date)
     query_ticker = np.empty(n, dtype=object)
@@ -168,6 +180,7 @@ def evaluate(
         for mi, retriever in enumerate(retrievers):
             started = time.perf_counter()
             scores = np.asarray(retriever.scores(ctx, int(t), assets), dtype=np.float64)
+            score_seconds[retriever.name] += time.perf_counter() - started
             if scores.shape != (b, b):
                 raise ValueError(f"{retriever.name} returned scores of shape {scores.shape}, not {(b, b)}")
             q = np.flatnonzero(~np.isnan(scores).all(axis=1))
@@ -219,6 +232,7 @@ def evaluate(
         turnover=turnover,
         mean_future_corr=mean_corr,
         seconds=seconds,
+        score_seconds=score_seconds,
     )
     result.example = _worked_example(ctx, result, example, retrievers, example_method)
     return result
@@ -281,44 +295,80 @@ def _median(x) -> float:
     return float(np.median(x[finite])) if finite.any() else float("nan")
 
 
+def best_classical(result: EvalResult) -> str | None:
+    """The classical retriever (model.retrievers.CLASSICAL) with the highest mean FRC at the smallest K."""
+    scored = {n: _mean(result.frc[mi, 0]) for mi, n in enumerate(result.methods) if n in CLASSICAL}
+    scored = {n: v for n, v in scored.items() if np.isfinite(v)}
+    return max(scored, key=scored.get) if scored else None
+
+
 def summarize(result: EvalResult, bootstrap: int | None = None, seed: int | None = None) -> dict:
-    """Everything metrics.json holds: per method, FRC@K with paired-bootstrap 95% intervals, the
-    difference to Pearson and the share of the Random-to-Oracle gap closed (with intervals), and
-    TC@K, IC@K, SP@K, Precision@1, tracking error and the spread backtest."""
+    """Everything metrics.json holds: per method, FRC@K (mean over queries and per date) with 95%
+    intervals, the paired differences to Pearson and to the best classical retriever (with their
+    per-date values and the number of dates on which they are positive), the share of the
+    Random-to-Oracle gap closed, and TC@K, IC@K, SP@K, Precision@1, tracking error and the spread
+    backtest.
+
+    Intervals ("lo", "hi") come from a bootstrap over query dates (all queries of a drawn date are
+    kept), the same draws for every method so differences keep their pairing. "lo_per_query" and
+    "hi_per_query" are the per-query bootstrap, which ignores within-date dependence and is narrower
+    than the evidence warrants; they are there for comparison."""
     cfg = result.config
     bootstrap = cfg.bootstrap if bootstrap is None else bootstrap
     seed = cfg.seed if seed is None else seed
     names, ks = result.methods, cfg.ks
-    ref = names.index("pearson") if "pearson" in names else None
+    n_dates = len(result.dates)
+    best = best_classical(result)
+    refs = [
+        (ref, key)
+        for ref, key in (("pearson", "frc_minus_pearson"), (best, "frc_minus_best_classical"))
+        if ref in names
+    ]
     rnd = names.index("random") if "random" in names else None
     ora = names.index("oracle") if "oracle" in names else None
 
-    # Bootstrap rows: per method and K the FRC, its difference to Pearson, and (for the gap closed)
-    # the method's and the oracle's excess over random on the method's queries.
+    # Bootstrap rows: per method and K the FRC, its paired differences to the references and (for the
+    # gap closed) the method's and the oracle's excess over random on the method's queries.
     rows, keys = [], []
     for mi, name in enumerate(names):
         for ki in range(len(ks)):
             x = result.frc[mi, ki]
             rows.append(x)
             keys.append((name, ki, "frc"))
-            if ref is not None:
-                rows.append(x - result.frc[ref, ki])
-                keys.append((name, ki, "diff"))
+            for ref, key in refs:
+                rows.append(x - result.frc[names.index(ref), ki])
+                keys.append((name, ki, key))
             if rnd is not None and ora is not None:
                 rows.append(x - result.frc[rnd, ki])
                 rows.append(np.where(np.isfinite(x), result.frc[ora, ki] - result.frc[rnd, ki], np.nan))
                 keys += [(name, ki, "excess"), (name, ki, "ceiling")]
     rows = np.array(rows)
-    point = np.array([_mean(r) for r in rows])
-    samples = M.bootstrap_means(rows, bootstrap, seed) if bootstrap > 0 else None
     at = {key: i for i, key in enumerate(keys)}
+    point = np.array([_mean(r) for r in rows])
+    per_date = M.group_means(rows, result.query_date, n_dates)  # (rows, dates)
+    samples = per_query = None
+    if bootstrap > 0:
+        samples = M.date_block_bootstrap_means(rows, result.query_date, bootstrap, seed)
+        # The per-query bootstrap only for FRC and the differences, where it is shown for comparison.
+        shown = [i for i, key in enumerate(keys) if key[2] not in ("excess", "ceiling")]
+        per_query = dict(zip(shown, M.bootstrap_means(rows[shown], bootstrap, seed), strict=True))
 
     def stat(name, ki, kind):
         i = at[(name, ki, kind)]
-        if samples is None:
-            return {"mean": _f(point[i]), "lo": None, "hi": None}
-        lo, hi = M.interval(samples[i])
-        return {"mean": _f(point[i]), "lo": _f(lo), "hi": _f(hi)}
+        out = {"mean": _f(point[i]), "lo": None, "hi": None, "lo_per_query": None, "hi_per_query": None}
+        if samples is not None:
+            lo, hi = M.interval(samples[i])
+            qlo, qhi = M.interval(per_query[i])
+            out.update(lo=_f(lo), hi=_f(hi), lo_per_query=_f(qlo), hi_per_query=_f(qhi))
+        return out
+
+    def diff(name, ki, kind):
+        out = stat(name, ki, kind)
+        days = per_date[at[(name, ki, kind)]]
+        out["per_date"] = [_f(v) for v in days]
+        out["dates_positive"] = int((days > 0).sum())
+        out["dates"] = int(np.isfinite(days).sum())
+        return out
 
     def gap(name, ki):
         if (name, ki, "excess") not in at:
@@ -336,10 +386,14 @@ def summarize(result: EvalResult, bootstrap: int | None = None, seed: int | None
         entry: dict = {
             "queries": int(np.isfinite(result.frc[mi, 0]).sum()),
             "seconds": result.seconds.get(name),
+            "score_seconds": result.score_seconds.get(name),
         }
         entry["frc"] = {str(k): stat(name, ki, "frc") for ki, k in enumerate(ks)}
-        if ref is not None:
-            entry["frc_minus_pearson"] = {str(k): stat(name, ki, "diff") for ki, k in enumerate(ks)}
+        entry["frc_per_date"] = {
+            str(k): [_f(v) for v in per_date[at[(name, ki, "frc")]]] for ki, k in enumerate(ks)
+        }
+        for _, key in refs:
+            entry[key] = {str(k): diff(name, ki, key) for ki, k in enumerate(ks)}
         if rnd is not None and ora is not None:
             entry["gap_closed"] = {str(k): gap(name, ki) for ki, k in enumerate(ks)}
         entry["tc_pct"] = {
@@ -376,6 +430,15 @@ def summarize(result: EvalResult, bootstrap: int | None = None, seed: int | None
         "queries": int(len(result.query_date)),
         "queries_per_date": [int(x) for x in result.queries_per_date],
         "mean_pairwise_future_corr": _f(with_future),
+        "best_classical": best,
+        "intervals": {
+            "method": "date-block bootstrap" if bootstrap > 0 else None,
+            "resamples": int(bootstrap),
+            "dates": n_dates,
+            "level": 0.95,
+            "note": "lo/hi: bootstrap over query dates, all queries of a drawn date kept, the same draws for "
+            "every method; lo_per_query/hi_per_query: per-query bootstrap (ignores within-date dependence)",
+        },
         "methods": methods,
         "example": {k: v for k, v in result.example.items() if k not in ("past", "future")},
     }

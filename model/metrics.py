@@ -3,8 +3,10 @@
 Everything works on one date's cross-section of B assets, every one of which is a query. `peers`
 arrays are (Q, K) indices into that cross-section, best first, never the query itself; future
 returns come from `model.targets.future_returns` (the only code that reads the future). The
-evaluation driver (model/evaluate.py) calls these per date and aggregates over dates; the
-paired bootstrap at the end works on per-query values of all dates together.
+evaluation driver (model/evaluate.py) calls these per date and aggregates over dates. Queries of
+one date share its market, so their values are dependent: the intervals come from a bootstrap that
+resamples whole dates (`date_block_bootstrap_means`); the per-query bootstrap (`bootstrap_means`),
+which treats every query as independent, understates their width.
 """
 
 from __future__ import annotations
@@ -195,6 +197,8 @@ def bootstrap_means(
     values: np.ndarray, n_resamples: int = 1000, seed: int = 0, max_cells: int = 20_000_000
 ) -> np.ndarray:
     """Paired bootstrap over queries: the means of every row of `values` under the same resamples.
+    It treats queries as independent, which queries of the same date are not (see
+    `date_block_bootstrap_means`).
 
     values: (rows, N) per-query values, NaN where a row did not score that query (its mean is over
     the finite ones drawn). Each resample draws N queries with replacement, the same draw for all
@@ -221,3 +225,46 @@ def interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.n
     return np.nanpercentile(samples, 100 * alpha, axis=-1), np.nanpercentile(
         samples, 100 * (1 - alpha), axis=-1
     )
+
+
+def group_means(values: np.ndarray, groups: np.ndarray, n_groups: int | None = None) -> np.ndarray:
+    """Mean of the finite values of every row per group: (rows, N) values, (N,) group index ->
+    (rows, n_groups), NaN where a group has no finite value."""
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    sums, counts = _group_sums(values, groups, n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts
+
+
+def _group_sums(
+    values: np.ndarray, groups: np.ndarray, n_groups: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and group, the sum of the finite values and their count: two (rows, n_groups) arrays."""
+    groups = np.asarray(groups, dtype=np.int64)
+    n_groups = int(groups.max()) + 1 if n_groups is None else n_groups
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, 0.0)
+    sums = np.array([np.bincount(groups, weights=row, minlength=n_groups) for row in filled])
+    counts = np.array([np.bincount(groups, weights=row, minlength=n_groups) for row in finite.astype(float)])
+    return sums.reshape(len(values), n_groups), counts.reshape(len(values), n_groups)
+
+
+def date_block_bootstrap_means(
+    values: np.ndarray, groups: np.ndarray, n_resamples: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """Block (cluster) bootstrap over dates: each resample draws as many dates as there are, with
+    replacement, and keeps every query of a drawn date; the statistic is each row's mean over the
+    finite values of the drawn queries (the same query-weighted mean as the point estimate).
+
+    values: (rows, N) per-query values; groups: (N,) the date index of each query. The same draws
+    serve every row, so differences between rows stay paired. Out: (rows, n_resamples)."""
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    groups = np.asarray(groups, dtype=np.int64)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    sums, counts = _group_sums(values, groups, n_groups)  # (rows, G)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_groups, size=(n_resamples, n_groups))
+    times = np.zeros((n_resamples, n_groups))
+    np.add.at(times, (np.arange(n_resamples)[:, None], draws), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((times @ sums.T) / (times @ counts.T)).T

@@ -58,6 +58,7 @@ class TrainConfig:
     min_lr: float = 1e-6
     warmup_epochs: int = 10
     weight_decay: float = 0.05  # Transformer weight matrices only: gates, scales and norms are not decayed
+    history_lr_scale: float = 1.0  # LR multiplier of the history path (0 keeps the classical start fixed)
     grad_clip: float = 1.0
     # Prediction temperature. A number: fixed (the paper's 0.01). None: chosen at step 0 so that the
     # loss of the starting model is smallest, then learned. An encoder that starts as a classical
@@ -218,14 +219,25 @@ class Validator:
         return float(np.mean(np.concatenate(scores)))
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on the Transformer's weight matrices only. Gates, scales, norms,
-    biases and the history path are not decayed: decay would pull a gate or a scale towards 0, away
-    from the starting point, whatever the loss says."""
-    decay, rest = [], []
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, history_lr_scale: float = 1.0
+) -> list[dict]:
+    """AdamW groups: weight decay on the Transformer's weight matrices only. The join (the gate of the
+    Transformer, which starts at zero), scales, norms, biases and the history path are not decayed:
+    decay would pull them away from the starting point whatever the loss says. The history path has
+    its own LR multiplier `lr_scale`."""
+    decay, rest, history = [], [], []
     for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and not name.startswith("history.") else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        if name.startswith("history."):
+            history.append(p)
+        elif p.ndim >= 2 and not name.startswith("join."):
+            decay.append(p)
+        else:
+            rest.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if history:
+        groups.append({"params": history, "weight_decay": 0.0, "lr_scale": history_lr_scale})
+    return groups
 
 
 @torch.no_grad()
@@ -297,7 +309,7 @@ def train(
     use_bf16 = device.type == "cuda" if config.bf16 is None else config.bf16
     learn_tau = config.tau is None
     log_tau = torch.nn.Parameter(torch.tensor(math.log(config.tau or TAU), device=device))
-    groups = parameter_groups(model, config.weight_decay)
+    groups = parameter_groups(model, config.weight_decay, config.history_lr_scale)
     if learn_tau:
         groups.append({"params": [log_tau], "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), foreach=True)
@@ -433,7 +445,7 @@ def train(
                     done = max(done, (spent + time.perf_counter() - epoch_started) / budget)
                 lr = config.lr * lr_factor(done, warmup, floor)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 parts, targets = [], []
                 for t in rng.choice(train_dates, config.dates_per_step):
                     assets = np.flatnonzero(pool[t])
@@ -493,8 +505,8 @@ def train(
                     "valid_share": valid_seconds / (time.perf_counter() - started),
                     "samples": samples,
                 }
-                if enc_config.history:
-                    record["gate"] = float(model.gate.item())
+                if enc_config.history:  # how far the Transformer's gate has opened
+                    record["join_norm"] = float(model.join.weight.norm().item())
                 history.append(record)
                 log.write(json.dumps(record) + "\n")
                 log.flush()

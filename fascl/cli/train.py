@@ -31,11 +31,15 @@ def train(
         typer.Option(help="Days of long-history returns for the history path (0: off, the paper's encoder)"),
     ] = None,
     tau: Annotated[
-        float | None, typer.Option(help="Fixed prediction temperature (default: the preset's; small learns it)")
+        float | None,
+        typer.Option(help="Fixed prediction temperature (default: the preset's; small learns it)"),
     ] = None,
     bf16: Annotated[bool | None, typer.Option(help="bfloat16 autocast (default: on CUDA only)")] = None,
     dates_per_step: Annotated[int | None, typer.Option(help="Dates per optimisation step")] = None,
     valid_every: Annotated[int | None, typer.Option(help="Epochs between validations")] = None,
+    history_lr_scale: Annotated[
+        float | None, typer.Option(help="LR multiplier of the history path (0: keep the classical start)")
+    ] = None,
     loss: Annotated[
         str, typer.Option(help="soft (FASCL) | hard (InfoNCE) | observed (historical targets)")
     ] = "soft",
@@ -88,6 +92,7 @@ def train(
             bf16=bf16,
             dates_per_step=dates_per_step,
             valid_every=valid_every,
+            history_lr_scale=history_lr_scale,
             loss=loss,
             batch_size=batch_size,
             epochs=epochs,

@@ -197,14 +197,15 @@ def test_gate_at_zero_means_the_transformer_changes_nothing_until_it_opens():
     e2 = model(_x(8, seed=9), z, market)  # other windows, same history
     torch.testing.assert_close(e, e2)
     (e @ e.T).triu(1).sum().backward()
-    assert model.gate.grad.abs() > 0  # ReZero: the gate itself learns from step 0
+    assert model.join.weight.grad.abs().sum() > 0  # the zero gate learns from step 0
     assert model.history.log_day_weight.grad.abs().sum() > 0
-    assert model.patch_embed.weight.grad.abs().sum() == 0
+    assert model.patch_embed.weight.grad.abs().sum() == 0  # the Transformer waits for the gate
     model.zero_grad()
     with torch.no_grad():
-        model.gate.fill_(0.1)
+        model.join.weight.normal_(0, 0.01)
         model.history.up.fill_(0.01)  # like LoRA, `down` learns once `up` has left 0
     e = model(_x(8), z, market)
+    assert not torch.allclose(e, model(_x(8, seed=9), z, market))
     (e @ e.T).triu(1).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name

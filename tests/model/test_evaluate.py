@@ -18,6 +18,7 @@ from market.synthetic import generate
 from model.evaluate import EvalConfig, evaluate, prepare_context, query_positions, summarize
 from model.retrievers import (
     BASELINES,
+    CLASSICAL,
     DTWRetriever,
     EvalContext,
     OracleRetriever,
@@ -309,6 +310,12 @@ def test_cli_evaluate_writes_metrics_report_and_figures(tiny_model, monkeypatch)
         "random",
         "pearson",
         "pearson_w",
+        "pearson_w126",
+        "pearson_w252",
+        "pearson_w504",
+        "ewma504",
+        "shrink_market504",
+        "shrink_pca504",
         "sector",
         "pca",
         "window",
@@ -317,6 +324,10 @@ def test_cli_evaluate_writes_metrics_report_and_figures(tiny_model, monkeypatch)
         "again",
         "oracle",
     ]
+    assert metrics["config"]["stride"] == 16 and len(metrics["dates"]) >= 10
+    best = metrics["best_classical"]
+    assert best in CLASSICAL and best in methods
+    assert "frc_minus_best_classical" in methods["fascl"] and "frc_minus_pearson" in methods["fascl"]
     assert methods["fascl"]["frc"] == methods["again"]["frc"]  # the same checkpoint twice
     splits = json.loads((tiny_model / "model" / "config.json").read_text())["splits"]
     assert metrics["info"]["test_start"] == splits["test_start"]  # the test split of the checkpoint
@@ -339,6 +350,10 @@ def test_cli_evaluate_writes_metrics_report_and_figures(tiny_model, monkeypatch)
         "TS2Vec",
         "![",
         "example.png",
+        f"## Best classical retriever: {best}",
+        "date-block bootstrap",
+        "per-query bootstrap (ignores within-date dependence)",
+        "## FRC@K per query date",
     ):
         assert text in report, text
 
@@ -365,20 +380,89 @@ def test_context_reuses_a_wider_cube_for_a_prefix_channel_set(market):
 
 def test_winsorized_pearson_clips_only_the_outlying_days():
     from market.synthetic import generate
+    from model.history import history_window
     from model.retrievers import EvalContext, PearsonRetriever, WinsorizedPearsonRetriever
 
     panel = generate(n_assets=12, years=1, seed=5).panel
     ctx = EvalContext(panel)
     t, assets = 100, np.arange(12)
-    plain = PearsonRetriever().scores(ctx, t, assets)
-    # A bound no z-score reaches leaves Pearson unchanged; the default bound changes it.
+    # A bound no z-score reaches leaves the Pearson correlation of the same 64 returns.
     np.testing.assert_allclose(
-        WinsorizedPearsonRetriever(bound=100).scores(ctx, t, assets), plain, atol=1e-12
+        WinsorizedPearsonRetriever(bound=100).scores(ctx, t, assets),
+        np.corrcoef(history_window(ctx.returns, t, assets, 64)),
+        atol=1e-12,
     )
+    plain = PearsonRetriever().scores(ctx, t, assets)
     panel.values[3, t - 10, 0] *= 1.8  # one fat-tailed day for asset 0 (and its reversal the next day)
+    ctx = EvalContext(panel)  # a context caches its returns: the panel is read once
     spiked = PearsonRetriever().scores(ctx, t, assets)
     robust = WinsorizedPearsonRetriever().scores(ctx, t, assets)
     clean = WinsorizedPearsonRetriever().scores(
         EvalContext(generate(n_assets=12, years=1, seed=5).panel), t, assets
     )
     assert np.abs(robust[0] - clean[0]).sum() < np.abs(spiked[0] - plain[0]).sum()
+
+
+def test_summary_names_the_best_classical_and_its_date_level_evidence(full_run):
+    _, _, result, summary = full_run
+    best = summary["best_classical"]
+    classical = {n: e["frc"]["1"]["mean"] for n, e in summary["methods"].items() if n in CLASSICAL}
+    assert best == max(classical, key=classical.get)
+    weights = np.array(summary["queries_per_date"])
+    n_dates = len(summary["dates"])
+    assert (
+        summary["intervals"]["method"] == "date-block bootstrap" and summary["intervals"]["dates"] == n_dates
+    )
+    for name, e in summary["methods"].items():
+        if name == "dtw":
+            continue  # scores every query here, but keep the check to methods without subsampling
+        for k in ("1", "20"):
+            per_date = np.array(e["frc_per_date"][k])
+            # the query-weighted mean of the date means is the mean over queries
+            assert np.average(per_date, weights=weights) == pytest.approx(e["frc"][k]["mean"])
+            for key, ref in (("frc_minus_best_classical", best), ("frc_minus_pearson", "pearson")):
+                d = e[key][k]
+                expected = per_date - np.array(summary["methods"][ref]["frc_per_date"][k])
+                np.testing.assert_allclose(d["per_date"], expected, atol=1e-12)
+                assert d["dates_positive"] == int((expected > 0).sum()) and d["dates"] == n_dates
+                assert d["mean"] == pytest.approx(
+                    e["frc"][k]["mean"] - summary["methods"][ref]["frc"][k]["mean"]
+                )
+                if name != ref:
+                    assert d["lo"] <= d["mean"] <= d["hi"]
+                    assert d["lo_per_query"] <= d["mean"] <= d["hi_per_query"]
+    zero = summary["methods"][best]["frc_minus_best_classical"]["1"]
+    assert zero["mean"] == 0 and zero["lo"] == zero["hi"] == 0 and zero["dates_positive"] == 0
+    # the per-date means agree with the per-query values
+    mi = result.index("pearson")
+    first = result.query_date == 0
+    assert summary["methods"]["pearson"]["frc_per_date"]["5"][0] == pytest.approx(
+        result.frc[mi, 1, first].mean()
+    )
+
+
+def test_cli_evaluate_baselines_only(tmp_path, monkeypatch):
+    from fascl.cli.main import app
+    from fascl.settings import get_settings
+
+    generate(40, 3, seed=1).panel.save(tmp_path / "panel")
+    monkeypatch.setenv("FASCL_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    out = tmp_path / "report"
+    methods = "pearson_w,pearson_w504,ewma504,shrink_market504,shrink_pca504,sector"
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--data", str(tmp_path / "panel"), "--methods", methods, "--test-start", "2011-09-01"]
+        + ["--bootstrap", "200", "--out", str(out)],
+    )
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "best classical retriever" in result.output and "dates" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["methods"]) == methods.split(",") + ["random", "pearson", "oracle"]
+    assert metrics["best_classical"] in methods.split(",") + ["pearson"]
+    assert len(metrics["dates"]) >= 10
+    frc = metrics["methods"]["pearson_w504"]["frc"]["1"]
+    assert frc["lo"] <= frc["mean"] <= frc["hi"] and frc["lo_per_query"] is not None
+    report = (out / "report.md").read_text()
+    assert f"## Best classical retriever: {metrics['best_classical']}" in report

@@ -176,3 +176,50 @@ def test_bootstrap_is_paired_and_ignores_unscored_queries():
     assert abs(np.mean(samples[2]) - np.nanmean(values[2])) < 0.02
     again = M.bootstrap_means(values, n_resamples=300, seed=1)
     np.testing.assert_allclose(again, samples)  # chunking does not change the draws' results
+
+
+def test_group_means_average_the_finite_values_of_each_date():
+    values = np.array([[1.0, 3.0, np.nan, 5.0, 7.0], [np.nan, np.nan, 2.0, 4.0, 6.0]])
+    groups = np.array([0, 0, 0, 1, 2])
+    np.testing.assert_allclose(M.group_means(values, groups, 4), [[2, 5, 7, np.nan], [2, 4, 6, np.nan]])
+
+
+def test_date_block_bootstrap_is_as_wide_as_the_disagreement_between_dates():
+    rng = np.random.default_rng(0)
+    # Two dates with very different means, many queries each: the queries of a date are not
+    # independent evidence, so the interval must span what the two dates say.
+    groups = np.repeat([0, 1], 2000)
+    x = np.where(groups == 0, 0.2, 0.6) + 0.05 * rng.standard_normal(len(groups))
+    block = M.date_block_bootstrap_means(x, groups, 1000, seed=0)[0]
+    per_query = M.bootstrap_means(x, 1000, seed=0)[0]
+    lo, hi = M.interval(block)
+    qlo, qhi = M.interval(per_query)
+    assert lo < 0.4 < hi  # the mean of the date means
+    assert hi - lo > 10 * (qhi - qlo)
+    assert hi - lo > 0.3  # resamples of one date alone give 0.2 or 0.6
+    # Ten dates that agree: the interval is narrow and about the per-query one.
+    groups = np.repeat(np.arange(10), 200)
+    x = 0.3 + 0.05 * rng.standard_normal(len(groups))
+    lo, hi = M.interval(M.date_block_bootstrap_means(x, groups, 1000, seed=0)[0])
+    qlo, qhi = M.interval(M.bootstrap_means(x, 1000, seed=0)[0])
+    assert lo < 0.3 < hi and hi - lo < 0.01 and hi - lo < 2 * (qhi - qlo)
+
+
+def test_date_block_bootstrap_is_paired_keeps_whole_dates_and_weights_queries():
+    groups = np.array([0, 0, 0, 1, 2, 2])
+    x = np.array([1.0, 2.0, 3.0, 10.0, 4.0, np.nan])
+    values = np.vstack([x, x + 1.0])
+    samples = M.date_block_bootstrap_means(values, groups, 500, seed=3)
+    np.testing.assert_allclose(samples[1] - samples[0], 1.0)
+    # Every resample is a query-weighted mean over whole dates: date sums (6, 10, 4) over counts (3, 1, 1).
+    sums, counts = np.array([6.0, 10.0, 4.0]), np.array([3.0, 1.0, 1.0])
+    possible = {
+        round(sums[list(c)].sum() / counts[list(c)].sum(), 12)
+        for c in np.array(np.meshgrid(*[range(3)] * 3)).reshape(3, -1).T
+    }
+    assert {round(v, 12) for v in samples[0]} <= possible
+    np.testing.assert_allclose(
+        M.date_block_bootstrap_means(values, groups, 500, seed=3), samples
+    )  # repeatable
+    one = M.date_block_bootstrap_means(np.arange(5.0), np.zeros(5, dtype=int), 50)
+    np.testing.assert_allclose(one, 2.0)  # a single date: no spread at all
