@@ -1,8 +1,9 @@
 """FAISS index construction: exact inner product (flat) up to ~100k vectors a date, HNSW or IVF above.
 
 Every index is an `IndexIDMap2` whose ids are the version's asset ids, so a caller can `reconstruct`
-an asset's vector by id and results come back as asset ids whatever the index kind. Vectors are
-L2-normalised, so inner product is cosine similarity.
+an asset's vector by id and results come back as asset ids whatever the index kind. Scores are inner
+products: cosine similarity for unit vectors, or, for an encoder with a history path, the inner
+product of vectors in the unit ball (a shrunk correlation estimate; model/encoder.py).
 
 faiss-gpu builds the index when `faiss.get_num_gpus() > 0` (flat and IVF; HNSW has no GPU
 implementation and is built on the CPU); the GPU index is moved to the CPU with
@@ -120,7 +121,7 @@ def build_index(
     params: AnnParams = AnnParams(),
     use_gpu: bool | None = None,
 ) -> faiss.Index:
-    """A filled CPU index over `vectors` (n x d float32, L2-normalised) with ids `ids` (asset ids).
+    """A filled CPU index over `vectors` (n x d float32, at most unit length) with ids `ids` (asset ids).
 
     With `use_gpu` (default: when faiss sees a GPU) flat and IVF indexes are built by faiss-gpu and
     moved to the CPU; HNSW is always built on the CPU. An IVF index gets a direct map so that

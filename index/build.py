@@ -369,7 +369,7 @@ def publish_arrays(
     data: dict | None = None,
 ) -> IndexVersion:
     """Publish precomputed vectors as a version (benchmarks, imports): `arrays` maps YYYY-MM-DD to
-    (asset ids, float32 L2-normalised vectors); `tickers` is the columnar ticker table (ticker, name,
+    (asset ids, float32 vectors of at most unit length); `tickers` is the columnar ticker table (ticker, name,
     sector, industry, exchange, first_date, last_date, n_dates); `model` needs at least "version".
     Returns the published IndexVersion."""
     params = params or ann.AnnParams()

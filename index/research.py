@@ -3,7 +3,9 @@
 Parquet: columns date (date32), ticker (string), vector (fixed-size list of float32), one row group
 per date, written date by date so memory stays at one date's vectors. `.npz`: arrays `row_date`
 (YYYY-MM-DD strings), `tickers` and `vectors` (rows x d float32), one row per (date, asset); it is
-built in memory, so prefer Parquet for long ranges. Both are written to a temp file and renamed.
+built in memory, so prefer Parquet for long ranges. Both are written to a temp file and renamed, and
+both say how vectors compare (`score_kind`: the Parquet schema's metadata `fascl.score`, the npz
+array `score`): "cosine" or "inner_product", which a reader must not re-normalise.
 """
 
 from __future__ import annotations
@@ -65,12 +67,19 @@ def export_vectors(
     return ExportResult(out, fmt, rows, len(dates), version.dim, out.stat().st_size)
 
 
+def score_kind(version: IndexVersion) -> str:
+    """How a version's vectors are compared: "cosine" (unit vectors) or "inner_product" (an encoder with
+    a history path, whose vectors lie in the unit ball: re-normalising them changes the ranking)."""
+    return "cosine" if version.manifest["model"].get("unit_norm", True) else "inner_product"
+
+
 def _parquet(version: IndexVersion, dates: list[str], tickers: np.ndarray, tmp: Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pa.schema(
-        [("date", pa.date32()), ("ticker", pa.string()), ("vector", pa.list_(pa.float32(), version.dim))]
+        [("date", pa.date32()), ("ticker", pa.string()), ("vector", pa.list_(pa.float32(), version.dim))],
+        metadata={"fascl.score": score_kind(version), "fascl.version": version.version},
     )
     rows = 0
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
@@ -105,5 +114,11 @@ def _npz(version: IndexVersion, dates: list[str], tickers: np.ndarray, tmp: Path
         at += len(ids)
     width = max((len(t) for t in tickers), default=1)
     with open(tmp, "wb") as fh:
-        np.savez(fh, row_date=row_date, tickers=names.astype(f"U{width}"), vectors=vectors)
+        np.savez(
+            fh,
+            row_date=row_date,
+            tickers=names.astype(f"U{width}"),
+            vectors=vectors,
+            score=np.array(score_kind(version)),
+        )
     return total

@@ -6,7 +6,7 @@ On disk (one directory per published version; names starting with "." are never 
       <version>/                      e.g. us_nasdaq-small-1a2b3c4d-20251125T033012
         manifest.json                 what was published: model, data, dates, counts, tickers, checksums
         manifest.sha256               sha256 of manifest.json (the index_versions.checksum in SQL)
-        vectors/<YYYY-MM-DD>.npy      float32 (n, d), L2-normalised: the embedding store (mmap-able)
+        vectors/<YYYY-MM-DD>.npy      float32 (n, d), unit length or inside the unit ball: the embedding store (mmap-able)
         ids/<YYYY-MM-DD>.npy          int32 (n,) asset ids, ascending, into the manifest's ticker table
         faiss/<YYYY-MM-DD>.faiss      the date's IndexIDMap2 (flat, hnsw or ivf), ids = asset ids
         neighbors/<YYYY-MM-DD>.npy    (n, K) of (id int32, score float32): each asset's exact top-K

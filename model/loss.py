@@ -32,16 +32,19 @@ def soft_contrastive_loss(
     tau: float | torch.Tensor = TAU,
     tau_target: float = TAU_TARGET,
     unit_norm: bool = True,
+    similarity_given: bool = False,
 ) -> torch.Tensor:
     """(1/B) sum_i KL(p_i || q_i), p_i = softmax_j(C_ij / tau_t), q_i = softmax_j(s_ij / tau), j != i,
     with s the cosine (or the inner product, `unit_norm=False`). `tau` may be a learned tensor.
+    `similarity_given`: `z` is already the (B x B) similarity matrix s.
 
     With future correlations as `target_corr` this is FASCL; with historical correlations it is
     the paper's "observation-aligned targets" ablation.
     """
     if len(z) < 2:
         raise ValueError("the contrastive loss needs at least two assets on a date")
-    log_q, eye = _off_diagonal_log_softmax(similarity(z, unit_norm) / tau)
+    sim = z.float() if similarity_given else similarity(z, unit_norm)
+    log_q, eye = _off_diagonal_log_softmax(sim / tau)
     log_p, _ = _off_diagonal_log_softmax(target_corr.float() / tau_target)
     p = log_p.exp()
     # p is exactly 0 on the diagonal; mask so 0 * (-inf - -inf) does not produce NaN.
