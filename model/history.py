@@ -71,7 +71,9 @@ def winsorized_rows(z: np.ndarray, bound: float = BOUND) -> np.ndarray:
 
 
 def market_direction(rows: np.ndarray) -> np.ndarray:
-    """The unit mean of a cross-section's unit rows (zeros if they cancel)."""
+    """The unit mean of a cross-section's unit rows (zeros if they cancel or there are none)."""
+    if len(rows) == 0:
+        return np.zeros(rows.shape[1])
     mean = rows.mean(axis=0)
     norm = np.linalg.norm(mean)
     return mean / norm if norm > 1e-12 else np.zeros_like(mean)

@@ -263,10 +263,14 @@ class PCAShrinkRetriever:
 
         rows = winsorized_rows(history_zscores(ctx.returns, t, assets, self.length), self.bound)
         corr = rows @ rows.T
-        if self.factors >= min(rows.shape):  # as many factors as the data has: the model is R itself
+        # The factors are fitted on every asset eligible on D by its past, like the market of
+        # `shrink_market504`, not on the queries, which the evaluation also restricts by their future.
+        universe = np.flatnonzero(ctx.cube("close").eligible[t])
+        fit = winsorized_rows(history_zscores(ctx.returns, t, universe, self.length), self.bound)
+        if self.factors >= min(fit.shape):  # as many factors as the data has: the model is R itself
             return corr
-        svd = TruncatedSVD(n_components=self.factors, algorithm="arpack", random_state=0)
-        factors = svd.fit_transform(rows)  # (B, k) = H V_k
+        svd = TruncatedSVD(n_components=self.factors, algorithm="arpack", random_state=0).fit(fit)
+        factors = rows @ svd.components_.T  # (B, k) = H V_k
         return (1.0 - self.shrink) * corr + self.shrink * (factors @ factors.T)
 
 

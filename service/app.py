@@ -105,8 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="FASCL asset retrieval",
         summary="Which assets will move most like X after date D?",
-        description="Peers ranked by cosine similarity of FASCL embeddings of each asset's trailing 64-day window, "
-        "trained so that similarity follows the correlation of future 64-day returns.",
+        description="Peers ranked by the similarity of FASCL embeddings of each asset's trailing 64-day window "
+        "and two years of returns, trained so that similarity follows the correlation of future 64-day returns.",
         version="0.1.0",
         lifespan=lifespan,
     )

@@ -51,7 +51,7 @@ SIMILAR_PARAMETERS = [
         "name": "min_score",
         "in": "query",
         "schema": {"type": "number", "minimum": -1, "maximum": 1},
-        "description": "Drop peers whose cosine similarity is below this",
+        "description": "Drop peers whose score is below this (scores lie in [-1, 1])",
     },
     {
         "name": "among",

@@ -24,7 +24,10 @@ class Peer(BaseModel):
     sector: str
     industry: str
     exchange: str
-    score: float = Field(description="Cosine similarity of the FASCL embeddings")
+    score: float = Field(
+        description="Similarity of the FASCL embeddings, in [-1, 1]: their inner product, a shrunk correlation "
+        "estimate for the default model (cosine similarity for a model without a history path)"
+    )
     realized_correlation: float | None = Field(
         None,
         description="With include_realized: Pearson correlation of the next 64 daily returns with the query's",

@@ -160,6 +160,19 @@ def test_pca_shrinkage_is_its_closed_form(panel):
     np.testing.assert_allclose(full, corr, atol=1e-10)
 
 
+def test_pca_factors_come_from_every_asset_eligible_on_the_date(panel):
+    """Scoring a subset of the assets uses the factors of the whole eligible cross-section."""
+    z = clipped_zscores(panel, T, ALL, 504)
+    rows = z - z.mean(axis=1, keepdims=True)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    _, _, vt = np.linalg.svd(rows, full_matrices=False)
+    loadings = rows @ vt[:2].T
+    subset = ALL[:5]
+    expected = 0.8 * rows[:5] @ rows[:5].T + 0.2 * loadings[:5] @ loadings[:5].T
+    got = PCAShrinkRetriever(factors=2).scores(EvalContext(panel), T, subset)
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+
+
 LONG = [
     "pearson_w",
     "pearson_w126",

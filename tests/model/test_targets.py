@@ -204,3 +204,42 @@ def test_historical_returns_are_the_window_returns(panel):
     got = historical_returns(panel.close, t, [3, 0])
     assert got.shape == (2, 63)
     np.testing.assert_allclose(got, (close[t - 62 : t + 1] / close[t - 63 : t] - 1).T[[3, 0]], rtol=1e-12)
+
+
+# ------------------------------------------------- long-history input: past only
+@pytest.mark.parametrize("poison", [np.nan, 1e9])
+def test_history_inputs_ignore_every_bar_after_the_query_date(panel, poison):
+    """The history path's inputs (return z-scores and the market direction of the whole eligible
+    cross-section) and the encoder's output on them do not change when every later bar does."""
+    from model.encoder import PatchTransformer, encoder_config
+
+    t, length = 200, 120
+    assets = np.arange(panel.n_assets)
+    clean = build_cube(panel, "ohlcva", history=length)
+    dirty = build_cube(_poisoned_copy(panel, t, poison), "ohlcva", history=length)
+    torch.manual_seed(0)
+    model = PatchTransformer(encoder_config("tiny", history=length)).eval()
+    with torch.no_grad():
+        model.join.weight.normal_(0, 0.1)  # the Transformer's part counts too
+    for d in (t, t - 1, 150):
+        for got, want in zip(dirty.model_inputs(d, assets), clean.model_inputs(d, assets), strict=True):
+            assert torch.equal(got, want)
+        with torch.no_grad():
+            assert torch.equal(model(*dirty.model_inputs(d, assets)), model(*clean.model_inputs(d, assets)))
+    # sanity: the poison does reach the inputs of the next date
+    z_dirty, _ = dirty.history_inputs(t + 1, assets)
+    z_clean, _ = clean.history_inputs(t + 1, assets)
+    assert not torch.equal(z_dirty, z_clean)
+
+
+def test_history_reads_exactly_its_length(panel):
+    """A close `length` days before D (the base of the first return) counts; one more day back does not."""
+    t, length = 200, 120
+    clean = build_cube(panel, "close", history=length)
+    for back, matters in ((length, True), (length + 1, False)):
+        values = panel.values.copy()
+        values[:, t - back, 2] *= 1.5
+        changed = build_cube(Panel(panel.dates, panel.tickers, values, panel.assets), "close", history=length)
+        z_changed, _ = changed.history_inputs(t, [2])
+        z_clean, _ = clean.history_inputs(t, [2])
+        assert torch.equal(z_changed, z_clean) != matters, back
