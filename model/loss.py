@@ -58,12 +58,14 @@ def hard_infonce_loss(
     tau: float | torch.Tensor = TAU,
     tau_target: float = TAU_TARGET,
     unit_norm: bool = True,
+    similarity_given: bool = False,
 ) -> torch.Tensor:
     """Ablation: InfoNCE with each asset's most future-correlated peer as its single positive
     (`tau_target` is unused; it is accepted so that every loss takes the same arguments)."""
     if len(z) < 2:
         raise ValueError("the contrastive loss needs at least two assets on a date")
-    log_q, eye = _off_diagonal_log_softmax(similarity(z, unit_norm) / tau)
+    sim = z.float() if similarity_given else similarity(z, unit_norm)
+    log_q, eye = _off_diagonal_log_softmax(sim / tau)
     positive = target_corr.float().masked_fill(eye, float("-inf")).argmax(dim=1)
     return F.nll_loss(log_q, positive)
 

@@ -38,7 +38,7 @@ from model.features import (
     slice_inputs,
 )
 from model.history import history_zscores, shrink_to_market, winsorized_rows
-from model.loss import LOSSES, TAU, TAU_TARGET, similarity, soft_contrastive_loss
+from model.loss import LOSSES, TAU, TAU_TARGET, similarity
 from model.metrics import frc_at_k
 from model.splits import Splits, default_splits
 from model.targets import HORIZON, future_complete, future_returns, pearson_matrix
@@ -245,11 +245,20 @@ def parameter_groups(
     return groups
 
 
+def training_target(cube: FeatureCube, t: int, assets: np.ndarray, loss: str) -> torch.Tensor:
+    """The loss's target correlations on a date: future returns (FASCL), or the window's past returns
+    for the paper's "observation-aligned targets" ablation (loss "observed")."""
+    if loss == "observed":
+        return torch.from_numpy(pearson_matrix(historical_returns(cube.close, t, assets)))
+    return torch.from_numpy(pearson_matrix(future_returns(cube.close, t, assets)[0]))
+
+
 @torch.no_grad()
 def calibrate_tau(
     model, cube: FeatureCube, dates: np.ndarray, pool: np.ndarray, config: TrainConfig, device, rng
 ) -> float:
-    """The prediction temperature that minimises the starting model's loss on a few training dates."""
+    """The prediction temperature that minimises the starting model's loss (the configured one, with its
+    targets) on a few training dates."""
     model.eval()
     unit_norm = getattr(model, "unit_norm", True)
     batches = []
@@ -258,8 +267,7 @@ def calibrate_tau(
         if len(assets) > config.batch_size:
             assets = rng.choice(assets, config.batch_size, replace=False)
         z = model(*(x.to(device) for x in cube.model_inputs(int(t), assets)))
-        target = torch.from_numpy(pearson_matrix(future_returns(cube.close, int(t), assets)[0])).to(device)
-        batches.append((z, target))
+        batches.append((z, training_target(cube, int(t), assets, config.loss).to(device)))
     model.train()
     grid = np.geomspace(0.002, 0.5, 49)
     # The similarities and targets are computed once per batch; only the temperature varies.
@@ -267,7 +275,7 @@ def calibrate_tau(
     losses = [
         np.mean(
             [
-                soft_contrastive_loss(s, c, float(tau), config.tau_target, similarity_given=True).item()
+                LOSSES[config.loss](s, c, float(tau), config.tau_target, similarity_given=True).item()
                 for s, c in sims
             ]
         )
@@ -462,11 +470,7 @@ def train(
                     if len(assets) > config.batch_size:
                         assets = rng.choice(assets, config.batch_size, replace=False)
                     parts.append(cube.model_inputs(int(t), assets))
-                    if config.loss == "observed":
-                        target = pearson_matrix(historical_returns(cube.close, int(t), assets))
-                    else:
-                        target = pearson_matrix(future_returns(cube.close, int(t), assets)[0])
-                    targets.append(torch.from_numpy(target).to(device))
+                    targets.append(training_target(cube, int(t), assets, config.loss).to(device))
                 inputs = tuple(x.to(device, non_blocking=True) for x in concat_inputs(parts))
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     z = ddp_model(*inputs)

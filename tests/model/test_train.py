@@ -225,12 +225,14 @@ def test_missing_or_foreign_checkpoint_raises(tmp_path):
 # ------------------------------------------------------------ other runs
 @pytest.mark.parametrize("loss", ["hard", "observed"])
 def test_other_loss_kinds_train(panel, tmp_path, loss):
-    config = dataclasses.replace(BASE, loss=loss, epochs=1, steps_per_epoch=4)
+    config = dataclasses.replace(BASE, loss=loss, epochs=1, steps_per_epoch=4, tau=None)
     result = _run(panel, tmp_path, config)
     assert result.steps == 4
     log = _log(tmp_path)[1:]
     assert len(log) == 1 and np.isfinite(log[0]["loss"]) and log[0]["loss"] > 0
-    assert read_checkpoint(tmp_path / "last.pt")["train_config"]["loss"] == loss
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert state["train_config"]["loss"] == loss
+    assert 0.002 <= state["tau"] <= 0.6  # calibrated with this loss and its targets, then learned
 
 
 def test_close_only_channels_train(panel, tmp_path):
