@@ -459,8 +459,8 @@ def train(
             for _ in range(config.steps_per_epoch):
                 # The schedule follows whichever runs out first, the steps or the time budget.
                 done = step / max(1, total_steps)
-                if budget:
-                    done = max(done, (spent + time.perf_counter() - epoch_started) / budget)
+                if budget:  # the budget's clock runs through validation too
+                    done = max(done, (spent + valid_seconds + time.perf_counter() - epoch_started) / budget)
                 lr = config.lr * lr_factor(done, warmup, floor)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -505,7 +505,7 @@ def train(
                 best, stale = (valid, 0) if improved else (best, stale + 1)
                 done = step / max(1, total_steps)
                 if budget:
-                    done = max(done, spent / budget)
+                    done = max(done, (spent + valid_seconds) / budget)
                 record = {
                     "epoch": epoch,
                     "step": step,

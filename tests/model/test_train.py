@@ -268,3 +268,16 @@ def test_explicit_splits_are_recorded(panel, tmp_path):
     _run(panel, tmp_path, config)
     splits = read_checkpoint(tmp_path / "last.pt")["splits"]
     assert (splits["valid_start"], splits["test_start"]) == ("2010-10-01", "2011-09-01")
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    from model.train import lr_factor
+
+    assert lr_factor(0.0, 0.1, 0.01) == pytest.approx(1e-3)  # a first step is never at exactly 0
+    assert lr_factor(0.05, 0.1, 0.01) == pytest.approx(0.5)
+    assert lr_factor(0.1, 0.1, 0.01) == pytest.approx(1.0)
+    assert lr_factor(0.55, 0.1, 0.01) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(1.0, 0.1, 0.01) == pytest.approx(0.01)
+    assert lr_factor(3.0, 0.1, 0.01) == pytest.approx(0.01)  # past the budget it stays at the floor
+    factors = [lr_factor(p, 0.1, 0.01) for p in np.linspace(0.1, 1, 50)]
+    assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
