@@ -4,16 +4,16 @@
     .venv/bin/python bench/index_speed.py --data us_nasdaq --model /tmp/fh/models/us_nasdaq-small/best.pt
     .venv/bin/python bench/index_speed.py --ann-version VERSION --home DIR   # recall on real embeddings
 
-1. Single-query latency at N assets x d dims (d from --model, else 192 = the small encoder's 128 + 64
-   skip dims): `IndexReader.similar` against the raw `index.search` of the same vector, timed
+1. Single-query latency at N assets x d dims (d from --model, else 504 = the small encoder's history
+   path): `IndexReader.similar` against the raw `index.search` of the same vector, timed
    alternately in one loop so both see the same machine load. Target: library p50 < 100 us.
 2. One date's all-pairs top-20 (all N vectors searched at once). Target: < 0.5 s.
 3. HNSW and IVF against exact search at --ann-n vectors: build time, single-query latency, recall@10.
    Target (this project's): recall@10 >= 0.95. The synthetic mixture is an easy case (well separated
    clusters); `--ann-version V` takes real embeddings from a published version instead (dates spread
    over its history for the base, held-out dates in between for the queries).
-4. With --data and --model: export + index + publish the panel's whole history (time, disk size),
-   then the single-query latency on that real index.
+4. With --data and --model: export + index + publish the panel's history, whole or --from/--to (time,
+   disk size and bytes per vector), then the single-query latency on that real index.
 
 Vectors for 1-3 are synthetic but clustered like embeddings (a random mixture of unit directions).
 Threads: faiss uses --threads (default FASCL_OMP_THREADS, 1 per service worker) for queries; builds
@@ -39,7 +39,7 @@ from index.query import IndexReader
 from index.store import IndexStore
 
 console = Console()
-SMALL_DIM = 192
+SMALL_DIM = 504  # the small encoder: its history path embeds 504 days of returns
 TARGET_P50_US = 100.0
 TARGET_ALL_PAIRS_S = 0.5
 TARGET_RECALL = 0.95
@@ -265,7 +265,9 @@ def bench_ann(n: int, d: int, threads: int, n_queries: int = 1000, source=None) 
     return checks
 
 
-def bench_export(data: str, model: str, home: Path, threads: int, queries: int) -> None:
+def bench_export(
+    data: str, model: str, home: Path, threads: int, queries: int, start: str | None, end: str | None
+) -> None:
     from fascl.cli.panels import resolve_panel_path
     from index.build import build_version
     from market.panel import Panel
@@ -275,8 +277,11 @@ def bench_export(data: str, model: str, home: Path, threads: int, queries: int) 
     panel = Panel.load(path)
     load_s = time.perf_counter() - t0
     store = IndexStore(home / "indexes")
-    result = build_version(model, panel, store=store, data_source=str(path), console=console)
-    table = Table(title=f"export + index + publish of {path} (whole history)", show_header=False)
+    result = build_version(
+        model, panel, start=start, end=end, store=store, data_source=str(path), console=console
+    )
+    span = "whole history" if start is None and end is None else f"{start or 'start'} to {end or 'end'}"
+    table = Table(title=f"export + index + publish of {path} ({span})", show_header=False)
     table.add_row("panel", f"{panel.n_assets:,} assets x {panel.n_dates:,} dates (load {load_s:.1f} s)")
     table.add_row("version", result.version)
     table.add_row("dates", f"{result.first_date} to {result.last_date} ({result.n_dates:,})")
@@ -286,6 +291,10 @@ def bench_export(data: str, model: str, home: Path, threads: int, queries: int) 
         "seconds", f"{result.seconds:,.1f} ({result.vectors / max(result.seconds, 1e-9):,.0f} vectors/s)"
     )
     table.add_row("disk size", f"{result.disk_bytes / 2**30:.2f} GiB")
+    table.add_row(
+        "disk per vector",
+        f"{result.disk_bytes / max(result.vectors, 1):,.0f} bytes ({4 * result.dim:,} of them the float32 vector)",
+    )
     table.add_row("device", result.device)
     console.print(table)
     reader = IndexReader(result.version, store=store, omp_threads=threads)
@@ -299,6 +308,8 @@ def bench_export(data: str, model: str, home: Path, threads: int, queries: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="Checkpoint (sets d; needed with --data)")
+    parser.add_argument("--from", dest="start", help="With --data: first date to index (default: the first)")
+    parser.add_argument("--to", dest="end", help="With --data: last date to index (default: the last)")
     parser.add_argument("--data", help="Panel name or directory to export and index in full")
     parser.add_argument("--home", type=Path, help="FASCL_HOME for --data (default: settings)")
     parser.add_argument("--n", type=int, default=5_000, help="Assets a date for the latency runs")
@@ -330,7 +341,15 @@ def main() -> None:
             parser.error("--data needs --model")
         from fascl.settings import get_settings
 
-        bench_export(args.data, args.model, args.home or get_settings().home, threads, args.queries)
+        bench_export(
+            args.data,
+            args.model,
+            args.home or get_settings().home,
+            threads,
+            args.queries,
+            args.start,
+            args.end,
+        )
     for text, ok in checks:
         console.print(f"{verdict(ok)} {text}")
 

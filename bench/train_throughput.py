@@ -15,8 +15,8 @@ the absolute samples/s depend on the machine and its load. c, d and e use fp32 l
 the named change differs (on CUDA the trainer's default would be bf16).
 
 Validation mix. The `small` preset validates the validation year at stride 16 (up to 2,048 assets a
-date) once every 30 steps. A run of N steps here validates twice (step 0 and the end), so by default
-its validation dates are every 16 * 60 / N trading days: the same validation work per training step as
+date) once every 60 steps. A run of N steps here validates twice (step 0 and the end), so by default
+its validation dates are every 16 * 120 / N trading days: the same validation work per training step as
 the preset's run, whatever N. The valid share is thus an estimate of the share in a real run.
 
 bf16 quality: the model trained by (a) embeds one batch of a validation date in fp32 and under bf16
@@ -70,7 +70,8 @@ from model.targets import future_complete, future_returns, pearson_matrix
 from model.train import PRESETS, TrainConfig, calibrate_tau, preset_config, train
 
 PRESET_VALID_STRIDE = 16  # the small preset's validation: every 16th date of the validation year
-PRESET_STEPS_PER_VALID = PRESETS["small"]["steps_per_epoch"]  # ... once per epoch of 30 steps
+# ... once every `valid_every` epochs of `steps_per_epoch` steps
+PRESET_STEPS_PER_VALID = PRESETS["small"]["steps_per_epoch"] * PRESETS["small"]["valid_every"]
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def main() -> None:
         "--valid-stride",
         type=int,
         default=None,
-        help="validation stride (default: 16 * 60 / steps, the small preset's validation work per step)",
+        help="validation stride (default: 16 * 120 / steps, the small preset's validation work per step)",
     )
     parser.add_argument("--max-valid-assets", type=int, default=TrainConfig.max_valid_assets)
     parser.add_argument(
