@@ -1,4 +1,6 @@
-"""The FASCL encoder: a patch Transformer over one asset's window, mean-pooled to a unit vector."""
+"""The FASCL encoder: a patch Transformer over one asset's window, mean-pooled to a unit vector; in the
+`small` configuration joined, through a gate that starts at zero, to a history path over two years of
+returns that starts as the strongest classical retriever (HistoryPath)."""
 
 from __future__ import annotations
 
@@ -146,7 +148,10 @@ class PatchTransformer(nn.Module):
             return embedding
         if history is None or market is None:
             raise ValueError("this encoder has a history path: pass the history z-scores and the market")
-        e = self.history(history.float(), market.float()) + self.join(embedding)
+        # The history path stays in float32 under bf16 autocast: at step 0 it must reproduce the
+        # classical retriever's ranking, which bfloat16's 8 bits of mantissa would not.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            e = self.history(history.float(), market.float()) + self.join(embedding)
         # Scores are inner products; keeping vectors in the unit ball keeps them in [-1, 1].
         return e / e.norm(dim=-1, keepdim=True).clamp_min(1.0)
 

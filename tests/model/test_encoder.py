@@ -218,3 +218,15 @@ def test_history_path_needs_its_inputs():
         model(_x(2))
     with pytest.raises(ValueError, match="history_shrink"):
         PatchTransformer(encoder_config("tiny", history=48, history_shrink=1.0))
+
+
+def test_history_path_stays_exact_under_bf16_autocast():
+    model = _model("tiny", history=48, seed=3)
+    z, market = _history_inputs(20, 48)
+    with torch.no_grad():
+        model.history.up.normal_(0, 0.05)  # a learned low-rank correction: a matmul autocast would take
+        plain = model(_x(20), z, market)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            mixed = model(_x(20), z, market)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, atol=1e-6, rtol=1e-6)
