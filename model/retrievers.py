@@ -160,6 +160,12 @@ class WinsorizedPearsonRetriever:
     def rows(self, ctx, t, assets) -> np.ndarray:
         return winsorized_rows(history_zscores(ctx.returns, t, assets, self.length), self.bound)
 
+    def universe_rows(self, ctx, t) -> np.ndarray:
+        """The rows of every asset eligible on D by its past alone (a complete window ending at D): the
+        cross-section a factor model is fitted on, not only the queried assets, which the evaluation
+        also restricts by their future."""
+        return self.rows(ctx, t, np.flatnonzero(ctx.cube("close").eligible[t]))
+
     def scores(self, ctx, t, assets):
         rows = self.rows(ctx, t, assets)
         return rows @ rows.T
@@ -206,44 +212,34 @@ class EwmaPearsonRetriever:
 
 
 @dataclass
-class MarketShrinkRetriever:
+class MarketShrinkRetriever(WinsorizedPearsonRetriever):
     """Winsorised Pearson over `length` days shrunk towards the single-index (market) model and not
     renormalised: e = shrink_to_market(rows, m, shrink), score = e_i . e_j
-    = (1 - a) R_ij + a (R m)_i (R m)_j. The market direction m is the unit mean of the rows of every
-    asset eligible on D by its past alone (a complete window ending at D), not only of the queried
-    assets, which the evaluation also restricts by their future. Without renormalisation the score
-    favours peers that co-move with the market, which is where future correlations are large."""
+    = (1 - a) R_ij + a (R m)_i (R m)_j, with m the unit mean of `universe_rows`. Without renormalisation
+    the score favours peers that co-move with the market, which is where future correlations are large.
+    The `small` encoder's history path starts as this retriever (model/encoder.py)."""
 
     name: str = "shrink_market504"
     length: int = HISTORY
     shrink: float = SHRINK
-    bound: float = BOUND
-
-    @property
-    def history(self) -> int:
-        return self.length + 1
 
     def scores(self, ctx, t, assets):
-        rows = winsorized_rows(history_zscores(ctx.returns, t, assets, self.length), self.bound)
-        universe = np.flatnonzero(ctx.cube("close").eligible[t])
-        market = market_direction(
-            winsorized_rows(history_zscores(ctx.returns, t, universe, self.length), self.bound)
-        )
-        e = shrink_to_market(rows, market, self.shrink)
+        market = market_direction(self.universe_rows(ctx, t))
+        e = shrink_to_market(self.rows(ctx, t, assets), market, self.shrink)
         return e @ e.T
 
 
 @dataclass
-class PCAShrinkRetriever:
+class PCAShrinkRetriever(WinsorizedPearsonRetriever):
     """Winsorised Pearson over `length` days shrunk towards a `factors`-factor model, not renormalised:
     score = (1 - a) R + a R_k, where R = H H^T is the correlation of the winsorised unit rows H and R_k
     its part explained by the top `factors` principal components, T T^T with T = H V_k (V_k the top
-    right singular vectors of H). Off the diagonal, R_k is what the factor model says about a pair; the
-    diagonal, which idiosyncratic variances would set to 1, is never ranked.
+    right singular vectors of `universe_rows`). Off the diagonal, R_k is what the factor model says
+    about a pair; the diagonal, which idiosyncratic variances would set to 1, is never ranked.
 
-    The factors come from sklearn's TruncatedSVD (ARPACK) on H: H's rows are already centred, so this
-    is PCA with days as samples, without PCA's full SVD of a (days x assets) matrix (seconds per date
-    on 2,000 assets, against a fraction of a second).
+    The factors come from sklearn's TruncatedSVD (ARPACK): the rows are already centred, so this is PCA
+    with days as samples, without PCA's full SVD of a (days x assets) matrix (seconds per date on 2,000
+    assets, against a fraction of a second).
 
     Shrinkage towards the identity (sklearn.covariance.LedoitWolf, OAS) is not offered: it scales the
     off-diagonal correlations by one constant, which leaves every ranking of peers unchanged."""
@@ -252,21 +248,13 @@ class PCAShrinkRetriever:
     length: int = HISTORY
     factors: int = PCA_FACTORS
     shrink: float = SHRINK
-    bound: float = BOUND
-
-    @property
-    def history(self) -> int:
-        return self.length + 1
 
     def scores(self, ctx, t, assets):
         from sklearn.decomposition import TruncatedSVD
 
-        rows = winsorized_rows(history_zscores(ctx.returns, t, assets, self.length), self.bound)
+        rows = self.rows(ctx, t, assets)
         corr = rows @ rows.T
-        # The factors are fitted on every asset eligible on D by its past, like the market of
-        # `shrink_market504`, not on the queries, which the evaluation also restricts by their future.
-        universe = np.flatnonzero(ctx.cube("close").eligible[t])
-        fit = winsorized_rows(history_zscores(ctx.returns, t, universe, self.length), self.bound)
+        fit = self.universe_rows(ctx, t)
         if self.factors >= min(fit.shape):  # as many factors as the data has: the model is R itself
             return corr
         svd = TruncatedSVD(n_components=self.factors, algorithm="arpack", random_state=0).fit(fit)

@@ -233,3 +233,26 @@ def test_classical_methods_are_every_baseline_but_random_and_oracle():
         assert name in CLASSICAL
     assert isinstance(make_baseline("pearson_w252"), WinsorizedPearsonRetriever)
     assert make_baseline("pearson_w252", length=10).length == 10  # options still override
+
+
+def test_an_untrained_small_style_encoder_scores_exactly_as_its_classical_start(panel):
+    """Through the evaluation's own path (FasclRetriever on an EvalContext), an encoder whose history
+    path has not been trained ranks peers exactly as `shrink_market` over the same history."""
+    import torch
+
+    from model.encoder import PatchTransformer, encoder_config
+    from model.retrievers import FasclRetriever
+
+    torch.manual_seed(0)
+    encoder = PatchTransformer(encoder_config("tiny", history=504)).eval()
+    fascl = FasclRetriever(name="fascl", model=encoder, meta={}, channels="ohlcva")
+    assert fascl.history == 505
+    ctx = EvalContext(panel)
+    got = fascl.scores(ctx, T, ALL)
+    want = MarketShrinkRetriever().scores(ctx, T, ALL)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    off = ~np.eye(len(ALL), dtype=bool)
+    np.testing.assert_array_equal(
+        np.argsort(-np.where(off, got, -np.inf), axis=1)[:, :3],
+        np.argsort(-np.where(off, want, -np.inf), axis=1)[:, :3],
+    )
