@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,10 @@ class TrainConfig:
     warmup_epochs: int = 10
     weight_decay: float = 0.05  # Transformer weight matrices only: gates, scales and norms are not decayed
     history_lr_scale: float = 1.0  # LR multiplier of the history path (0 keeps the classical start fixed)
+    # Candidates for the history path's start, chosen on validation FRC@1 (choose_start); empty: the
+    # encoder configuration's own history length and shrinkage.
+    history_choices: tuple[int, ...] = ()
+    shrink_choices: tuple[float, ...] = ()
     grad_clip: float = 1.0
     # Prediction temperature. A number: fixed (the paper's 0.01). None: chosen at step 0 so that the
     # loss of the starting model is smallest, then learned. An encoder that starts as a classical
@@ -81,7 +85,8 @@ class TrainConfig:
     threads: int | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON types (lists for the tuples), so that config.json and checkpoints compare equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 # Defaults per encoder configuration. "paper" is the paper's recipe (a GPU run of hours); "small"
@@ -99,13 +104,21 @@ PRESETS: dict[str, dict] = {
         # FRC@1 (bound, shrinkage, history length, recency weights all measured); the loss pulls it
         # away from there, so it moves at a tenth of the Transformer's rate.
         "history_lr_scale": 0.1,
+        "history_choices": (64, 126, 252, 504),
+        "shrink_choices": (0.0, 0.2),
         "tau": None,
         "valid_every": 2,
         "max_minutes": 15.0,
         "patience": 8,
     },
 }
-PRESETS["tiny"] = {**PRESETS["small"], "epochs": 3, "steps_per_epoch": 10, "max_minutes": 2.0}
+PRESETS["tiny"] = {
+    **PRESETS["small"],
+    "epochs": 3,
+    "steps_per_epoch": 10,
+    "max_minutes": 2.0,
+    "history_choices": (),  # tests: the tiny encoder's own 32 days
+}
 
 
 def preset_config(encoder: str, **overrides) -> TrainConfig:
@@ -150,9 +163,13 @@ def lr_factor(progress: float, warmup: float, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * rest))
 
 
-def classical_start(cube: FeatureCube, enc: EncoderConfig) -> str:
-    """The name of the classical retriever an encoder starts from (model/retrievers.py BASELINES)."""
-    return f"shrink_market{enc.history}" if enc.history else "pearson"
+def classical_start(enc: EncoderConfig) -> str:
+    """The name of the classical retriever an encoder starts from (as model/retrievers.py names them)."""
+    if not enc.history:
+        return "pearson"
+    if enc.history_shrink > 0:
+        return f"shrink_market{enc.history}"
+    return "pearson_w" if enc.history == 64 else f"pearson_w{enc.history}"
 
 
 def classical_scores(cube: FeatureCube, t: int, assets: np.ndarray, enc: EncoderConfig) -> np.ndarray:
@@ -190,13 +207,14 @@ class Validator:
         if not self.queries:
             raise ValueError("no validation dates with at least two eligible assets; check the splits")
         self.baselines = {
-            "pearson": self._score(lambda t, a: pearson_matrix(historical_returns(cube.close, t, a)))
+            "pearson": self.score(lambda t, a: pearson_matrix(historical_returns(cube.close, t, a)))
         }
         if encoder is not None and encoder.history:
-            name = classical_start(cube, encoder)
-            self.baselines[name] = self._score(lambda t, a: classical_scores(cube, t, a, encoder))
+            name = classical_start(encoder)
+            self.baselines[name] = self.score(lambda t, a: classical_scores(cube, t, a, encoder))
 
-    def _score(self, scores) -> float:
+    def score(self, scores) -> float:
+        """Validation FRC@1 of a retriever given as scores(date position, assets) -> (B x B)."""
         return float(
             np.mean(np.concatenate([frc_at_k(scores(t, a), corr, 1) for t, a, corr in self.queries]))
         )
@@ -222,6 +240,30 @@ class Validator:
             scores.append(frc_at_k(similarity(z, unit_norm).cpu().numpy(), corr, 1))
         model.train()
         return float(np.mean(np.concatenate(scores)))
+
+
+def choose_start(
+    cube: FeatureCube, positions: np.ndarray, config: TrainConfig, pool: np.ndarray, enc: EncoderConfig
+) -> tuple[EncoderConfig, dict[str, float]]:
+    """The classical estimator the history path starts from, chosen on the validation year: every
+    history length of `config.history_choices` with every shrinkage of `config.shrink_choices`, scored
+    by validation FRC@1 on the trainer's own validation queries. The best one's length and shrinkage
+    go into the encoder's configuration. `cube` must hold the longest history of the choices.
+
+    A fixed length would be tuned to one market: on us_nasdaq two years win, on the synthetic market
+    (drifting loadings, regime shifts) a far shorter history does."""
+    probe = Validator(cube, positions, config, pool)
+    scores: dict[str, float] = {}
+    best: tuple[float, EncoderConfig] | None = None
+    for length in config.history_choices:
+        view = cube.with_history(length)
+        for shrink in config.shrink_choices:
+            candidate = replace(enc, history=int(length), history_shrink=float(shrink))
+            score = probe.score(lambda t, a, v=view, c=candidate: classical_scores(v, t, a, c))
+            scores[classical_start(candidate)] = score
+            if best is None or score > best[0]:
+                best = (score, candidate)
+    return best[1], scores
 
 
 def parameter_groups(
@@ -314,12 +356,18 @@ def train(
     enc_config = encoder_config(
         config.encoder, in_channels=len(channel_names(config.channels)), **config.encoder_overrides
     )
-    cube = build_cube(panel, config.channels, history=enc_config.history)
+    choosing = bool(enc_config.history and config.history_choices and config.shrink_choices)
+    longest = max([enc_config.history, *config.history_choices]) if choosing else enc_config.history
+    cube = build_cube(panel, config.channels, history=longest)
     pool = cube.eligible & future_complete(cube.close, HORIZON)
     positions = splits.positions(panel.dates)
     train_dates = np.array([t for t in positions["train"] if pool[t].sum() >= 2])
     if len(train_dates) == 0:
         raise ValueError(f"no training dates with two or more eligible assets before {splits.valid_start}")
+    start_choices: dict[str, float] = {}
+    if choosing:  # every rank computes the same choice: it reads only the data
+        enc_config, start_choices = choose_start(cube, positions["valid"], config, pool, enc_config)
+        cube = cube.with_history(enc_config.history)
     validator = Validator(cube, positions["valid"], config, pool, enc_config) if main else None
 
     model = PatchTransformer(enc_config).to(device)
@@ -382,6 +430,7 @@ def train(
             "assets": int(panel.n_assets),
         },
         "parameters": count_parameters(model),
+        "start_choices": start_choices,
     }
     baselines = validator.baselines if main else {}
 
@@ -416,6 +465,9 @@ def train(
             f"{len(train_dates)} training dates, {len(validator.queries)} validation dates; "
             f"validation FRC@1 of {against}"
         )
+        if start_choices:
+            tried = ", ".join(f"{name} {value:.4f}" for name, value in start_choices.items())
+            console.print(f"start chosen on validation FRC@1: {classical_start(enc_config)} (of {tried})")
         if start_epoch == 0:
             # Step 0: an encoder with a history path scores exactly the classical retriever here.
             tick = time.perf_counter()
@@ -561,7 +613,8 @@ def train(
     if main:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
         summary["gain_over_start"] = best - start_frc
-        summary["classical_start"] = classical_start(cube, enc_config)
+        summary["classical_start"] = classical_start(enc_config)
+        summary["start_choices"] = start_choices
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if distributed:
         dist.destroy_process_group()

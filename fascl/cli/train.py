@@ -93,6 +93,8 @@ def train(
             dates_per_step=dates_per_step,
             valid_every=valid_every,
             history_lr_scale=history_lr_scale,
+            # An explicit --history is the start's length; otherwise the preset chooses on validation.
+            history_choices=() if history is not None else None,
             loss=loss,
             batch_size=batch_size,
             epochs=epochs,

@@ -281,3 +281,33 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(3.0, 0.1, 0.01) == pytest.approx(0.01)  # past the budget it stays at the floor
     factors = [lr_factor(p, 0.1, 0.01) for p in np.linspace(0.1, 1, 50)]
     assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
+
+
+def test_the_start_is_chosen_on_validation(panel, tmp_path):
+    """With candidates, the history path starts as the classical estimator of best validation FRC@1,
+    and step 0 scores exactly that estimator."""
+    config = dataclasses.replace(
+        BASE, epochs=1, steps_per_epoch=2, history_choices=(16, 32, 96), shrink_choices=(0.0, 0.2)
+    )
+    result = _run(panel, tmp_path, config)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    choices = summary["start_choices"]
+    assert set(choices) == {
+        "pearson_w16",
+        "shrink_market16",
+        "pearson_w32",
+        "shrink_market32",
+        "pearson_w96",
+        "shrink_market96",
+    }
+    chosen = max(choices, key=choices.get)
+    assert summary["classical_start"] == chosen
+    assert result.start_valid_frc == pytest.approx(choices[chosen], abs=1e-12)
+    assert result.baseline_valid_frc[chosen] == pytest.approx(choices[chosen], abs=1e-12)
+    state = read_checkpoint(tmp_path / "last.pt")
+    length = int(chosen.removeprefix("shrink_market").removeprefix("pearson_w"))
+    assert state["encoder_config"]["history"] == length
+    assert state["encoder_config"]["history_shrink"] == (0.2 if chosen.startswith("shrink") else 0.0)
+    # the same choice again on resume: the configuration matches and training continues
+    again = _run(panel, tmp_path, dataclasses.replace(config, epochs=2), resume=True)
+    assert again.epochs_run == 1
