@@ -398,6 +398,11 @@ def train(
             raise ValueError(
                 f"{last_file} was trained with another configuration; use a new --out or --no-resume"
             )
+        if "tau" not in state or "step" not in state.get("scheduler_state", {}):
+            raise ValueError(
+                f"{last_file} was written by an earlier version of the trainer (no learned temperature or "
+                "time-budget schedule); use a new --out or --no-resume"
+            )
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         with torch.no_grad():

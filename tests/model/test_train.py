@@ -174,6 +174,18 @@ def test_resume_with_another_configuration_raises(run, panel, tmp_path):
         _run(panel, resumed, dataclasses.replace(BASE, epochs=3, encoder="small"), resume=True)
 
 
+def test_resume_from_an_earlier_trainers_checkpoint_raises(run, panel, tmp_path):
+    out, _ = run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    state = read_checkpoint(resumed / "last.pt")
+    del state["tau"]
+    state["scheduler_state"] = {"last_epoch": 10}  # what LambdaLR saved
+    torch.save(state, resumed / "last.pt")
+    with pytest.raises(ValueError, match="earlier version of the trainer"):
+        _run(panel, resumed, dataclasses.replace(BASE, epochs=3), resume=True)
+
+
 def test_resume_from_a_corrupt_checkpoint_raises(run, panel, tmp_path):
     out, _ = run
     resumed = tmp_path / "resumed"
