@@ -26,6 +26,14 @@ def similarity(z: torch.Tensor, unit_norm: bool = True) -> torch.Tensor:
     return z @ z.T
 
 
+def _log_predictions(z, tau, unit_norm: bool, similarity_given: bool):
+    """log q_i = log_softmax_j(s_ij / tau) over j != i, and the diagonal mask, for either loss."""
+    if len(z) < 2:
+        raise ValueError("the contrastive loss needs at least two assets on a date")
+    sim = z.float() if similarity_given else similarity(z, unit_norm)
+    return _off_diagonal_log_softmax(sim / tau)
+
+
 def soft_contrastive_loss(
     z: torch.Tensor,
     target_corr: torch.Tensor,
@@ -41,10 +49,7 @@ def soft_contrastive_loss(
     With future correlations as `target_corr` this is FASCL; with historical correlations it is
     the paper's "observation-aligned targets" ablation.
     """
-    if len(z) < 2:
-        raise ValueError("the contrastive loss needs at least two assets on a date")
-    sim = z.float() if similarity_given else similarity(z, unit_norm)
-    log_q, eye = _off_diagonal_log_softmax(sim / tau)
+    log_q, eye = _log_predictions(z, tau, unit_norm, similarity_given)
     log_p, _ = _off_diagonal_log_softmax(target_corr.float() / tau_target)
     p = log_p.exp()
     # p is exactly 0 on the diagonal; mask so 0 * (-inf - -inf) does not produce NaN.
@@ -62,10 +67,7 @@ def hard_infonce_loss(
 ) -> torch.Tensor:
     """Ablation: InfoNCE with each asset's most future-correlated peer as its single positive
     (`tau_target` is unused; it is accepted so that every loss takes the same arguments)."""
-    if len(z) < 2:
-        raise ValueError("the contrastive loss needs at least two assets on a date")
-    sim = z.float() if similarity_given else similarity(z, unit_norm)
-    log_q, eye = _off_diagonal_log_softmax(sim / tau)
+    log_q, eye = _log_predictions(z, tau, unit_norm, similarity_given)
     positive = target_corr.float().masked_fill(eye, float("-inf")).argmax(dim=1)
     return F.nll_loss(log_q, positive)
 

@@ -363,7 +363,8 @@ class DTWRetriever:
 # ----------------------------------------------------------------------- FASCL
 @dataclass
 class FasclRetriever:
-    """Cosine of a trained FASCL encoder's embeddings; the channel set comes from the checkpoint."""
+    """Similarity of a trained FASCL encoder's embeddings (cosine, or the inner product of an encoder
+    with a history path); the channel set comes from the checkpoint."""
 
     name: str
     model: torch.nn.Module
@@ -371,6 +372,7 @@ class FasclRetriever:
     channels: str
     path: str = ""
     chunk: int = 1024
+    _cube_of: tuple | None = field(default=None, init=False, repr=False)  # (context, its feature cube)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, name: str = "fascl") -> FasclRetriever:
@@ -391,7 +393,7 @@ class FasclRetriever:
 
     def _cube(self, ctx: EvalContext) -> FeatureCube:
         # One cube per context: its history inputs and per-date market directions are reused.
-        if getattr(self, "_cube_of", (None, None))[0] is not ctx:
+        if self._cube_of is None or self._cube_of[0] is not ctx:
             self._cube_of = (ctx, ctx.cube(self.channels).with_history(self.model.config.history))
         return self._cube_of[1]
 
