@@ -209,9 +209,21 @@ class Validator:
         self.baselines = {
             "pearson": self.score(lambda t, a: pearson_matrix(historical_returns(cube.close, t, a)))
         }
-        if encoder is not None and encoder.history:
+        if encoder is not None:
+            self.start_from(cube, encoder)
+
+    def start_from(self, cube: FeatureCube, encoder: EncoderConfig, known: dict | None = None) -> None:
+        """Embed from `cube` from now on, and add the classical retriever `encoder` starts from to the
+        baselines (its score taken from `known` when it was already measured on these queries)."""
+        self.cube = cube
+        if encoder.history:
             name = classical_start(encoder)
-            self.baselines[name] = self.score(lambda t, a: classical_scores(cube, t, a, encoder))
+            known = known or {}
+            self.baselines[name] = (
+                known[name]
+                if name in known
+                else self.score(lambda t, a: classical_scores(cube, t, a, encoder))
+            )
 
     def score(self, scores) -> float:
         """Validation FRC@1 of a retriever given as scores(date position, assets) -> (B x B)."""
@@ -243,20 +255,19 @@ class Validator:
 
 
 def choose_start(
-    cube: FeatureCube, positions: np.ndarray, config: TrainConfig, pool: np.ndarray, enc: EncoderConfig
+    probe: Validator, config: TrainConfig, enc: EncoderConfig
 ) -> tuple[EncoderConfig, dict[str, float]]:
     """The classical estimator the history path starts from, chosen on the validation year: every
     history length of `config.history_choices` with every shrinkage of `config.shrink_choices`, scored
     by validation FRC@1 on the trainer's own validation queries. The best one's length and shrinkage
-    go into the encoder's configuration. `cube` must hold the longest history of the choices.
+    go into the encoder's configuration. `probe.cube` must hold the longest history of the choices.
 
     A fixed length would be tuned to one market: on us_nasdaq two years win, on the synthetic market
     (drifting loadings, regime shifts) a far shorter history does."""
-    probe = Validator(cube, positions, config, pool)
     scores: dict[str, float] = {}
     best: tuple[float, EncoderConfig] | None = None
     for length in config.history_choices:
-        view = cube.with_history(length)
+        view = probe.cube.with_history(length)
         for shrink in config.shrink_choices:
             candidate = replace(enc, history=int(length), history_shrink=float(shrink))
             score = probe.score(lambda t, a, v=view, c=candidate: classical_scores(v, t, a, c))
@@ -364,11 +375,14 @@ def train(
     train_dates = np.array([t for t in positions["train"] if pool[t].sum() >= 2])
     if len(train_dates) == 0:
         raise ValueError(f"no training dates with two or more eligible assets before {splits.valid_start}")
+    # Every rank computes the same choice of start (it reads only the data); rank 0 also validates.
+    validator = Validator(cube, positions["valid"], config, pool) if main or choosing else None
     start_choices: dict[str, float] = {}
-    if choosing:  # every rank computes the same choice: it reads only the data
-        enc_config, start_choices = choose_start(cube, positions["valid"], config, pool, enc_config)
+    if choosing:
+        enc_config, start_choices = choose_start(validator, config, enc_config)
         cube = cube.with_history(enc_config.history)
-    validator = Validator(cube, positions["valid"], config, pool, enc_config) if main else None
+    if main:
+        validator.start_from(cube, enc_config, start_choices)
 
     model = PatchTransformer(enc_config).to(device)
     unit_norm = model.unit_norm
