@@ -343,12 +343,12 @@ def build_version(
 def _take_over(
     staging, source: IndexVersion, date: str, id_of_old, params, window: str, neighbors: int
 ) -> dict:
-    """One unchanged date of `source` into `staging`: hard links when its asset ids are unchanged,
+    """One unchanged date of `source` into `staging`: copies of its files when its asset ids are unchanged,
     otherwise its vectors under the new ids with the index and table rebuilt from them (no embedding)."""
     ids, vectors = source.read_vectors(date)  # memory-mapped: read only if the ids change
     new_ids = id_of_old[ids]
     if np.array_equal(new_ids, ids):
-        return staging.link_date(date, source, window=window)
+        return staging.copy_date(date, source, window=window)
     # tickers kept their relative order (ticker_table's `prior`), so the new ids stay ascending
     kind = source.kinds[source.position(date)]
     index = ann.build_index(vectors, new_ids, kind, params=params)

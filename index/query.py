@@ -90,7 +90,7 @@ class _Entry:
     asset's precomputed top neighbors (ids, scores), rows in index order: the stored table of the
     date, or for the newest date one computed at open when it asks for more columns."""
 
-    __slots__ = ("pos", "kind", "index", "present", "row", "xb", "nbytes", "table")
+    __slots__ = ("pos", "kind", "index", "present", "row", "xb", "nbytes", "table", "stored")
 
     def __init__(self, pos: int, kind: str, index, n_assets: int, dim: int, nbytes: int):
         self.pos, self.kind, self.index, self.nbytes = pos, kind, index, nbytes
@@ -103,6 +103,7 @@ class _Entry:
             flat = faiss.downcast_index(index.index)
             self.xb = faiss.rev_swig_ptr(flat.get_xb(), len(ids) * dim).reshape(len(ids), dim)
         self.table: tuple[np.ndarray, np.ndarray] | None = None
+        self.stored: tuple[np.ndarray, np.ndarray] | None = None  # (ids, vectors) of kinds without xb
 
     def vector(self, aid: int) -> np.ndarray:
         """The asset's vector as stored in the index, shaped (1, d)."""
@@ -195,7 +196,7 @@ class IndexReader:
         self._assets_frame: pd.DataFrame | None = None
         if not self._dates:
             raise QueryError(f"index version {v.version} has no dates")
-        self._hot = self._load(len(self._dates) - 1, mmap=False)
+        self._hot = self._load(len(self._dates) - 1)
         hot = self._hot
         stored = 0 if hot.table is None else hot.table[0].shape[1]
         if hot_neighbors > stored and hot.kind == "flat" and 1 < hot.index.ntotal <= ann.NEIGHBOR_TABLE_MAX:
@@ -291,9 +292,12 @@ class IndexReader:
         return pos, day
 
     # ------------------------------------------------------------------ cache
-    def _load(self, pos: int, *, mmap: bool) -> _Entry:
+    def _load(self, pos: int) -> _Entry:
+        """One date into memory, parsed from bytes checked against the manifest at every load (also a
+        reload after eviction): a file damaged on disk is refused with IndexCorruptError for its date
+        alone, and nothing served is read from the file after its check."""
         date = str(np.datetime64(self._dates[pos], "D"))
-        index = self._version.read_index(date, mmap=mmap)
+        index = self._version.read_index(date)
         kind = self._version.kinds[pos]
         nbytes = (
             self._version.files[f"faiss/{date}.faiss"]["bytes"] + 48 * index.ntotal + 9 * len(self._tickers)
@@ -303,6 +307,9 @@ class IndexReader:
         if table is not None:
             entry.table = (table["id"], table["score"])
             entry.nbytes += table.nbytes
+        if entry.xb is None:  # exact re-ranking on approximate kinds reads the stored vectors
+            entry.stored = self._version.read_vectors(date, mmap=False)
+            entry.nbytes += entry.stored[1].nbytes
         self.stats["loads"] += 1
         return entry
 
@@ -321,7 +328,7 @@ class IndexReader:
             entry = self._cache.get(pos)
             if entry is not None:
                 return entry
-            entry = self._load(pos, mmap=True)
+            entry = self._load(pos)
             with self._lock:
                 self._cache[pos] = entry
                 self._cache_used += entry.nbytes
@@ -458,11 +465,7 @@ class IndexReader:
         if len(candidates) == 0:
             return []
         rows = entry.row[candidates]
-        if entry.xb is not None:
-            base = entry.xb[rows]
-        else:
-            _, vectors = self._version.read_vectors(str(np.datetime64(self._dates[entry.pos], "D")))
-            base = np.asarray(vectors[rows])
+        base = entry.xb[rows] if entry.xb is not None else entry.stored[1][rows]
         scores = base @ entry.vector(aid)[0]
         top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]
@@ -479,7 +482,7 @@ class IndexReader:
         allowed[aid] = False
         if int(allowed.sum()) <= found:
             return None
-        ids, vectors = self._version.read_vectors(str(np.datetime64(self._dates[entry.pos], "D")))
+        ids, vectors = entry.stored  # only approximate kinds come here, and they keep their vectors
         rows = np.flatnonzero(allowed[ids])
         scores, top = ann.exact_topk(vectors[rows], query, k)
         picked = ids[rows[top[0]]]

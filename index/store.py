@@ -12,8 +12,8 @@ On disk (one directory per published version; names starting with "." are never 
         neighbors/<YYYY-MM-DD>.npy    (n, K) of (id int32, score float32): each asset's exact top-K
                                       others, best first, rows in ids order (manifest index.neighbors =
                                       K; absent when 0 or the date has more than 20,000 assets)
-      A version built from an earlier one shares the files of the dates it took over as hard links:
-      published files are never modified in place, so a link is as good as a copy.
+      A version built from an earlier one holds copies of the files of the dates it took over (never
+      hard links: damage to a shared inode would reach every version that holds it).
       .staging/<build key>/           an unfinished build: the same layout plus build.json and
                                       progress.jsonl (one line per finished date); a rerun resumes it
       .trash-<version>/               a pruned version on its way out (renamed first, then deleted)
@@ -70,6 +70,24 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def copy_file(source: Path, target: Path) -> None:
+    """Copy in the kernel with copy_file_range (extents shared where the file system has reflinks),
+    falling back to a plain copy where the call is unsupported (another file system, an old kernel)."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        remaining = os.fstat(src.fileno()).st_size
+        try:
+            while remaining > 0:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+        except OSError:
+            src.seek(0)
+            dst.seek(0)
+            dst.truncate()
+            shutil.copyfileobj(src, dst, _CHUNK)
+
+
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -120,7 +138,8 @@ def _dir_bytes(path: Path) -> int:
 
 
 def unique_bytes(paths: Iterable[Path]) -> int:
-    """Bytes of the files under `paths`, each inode once: versions share reused files as hard links."""
+    """Bytes of the files under `paths`, each inode once (versions published before reused dates were
+    copied share them as hard links)."""
     seen: set[tuple[int, int]] = set()
     total = 0
     for root in paths:
@@ -222,20 +241,35 @@ class Staging:
         self._pending.append(record)
         return record
 
-    def link_date(self, date: str, source: IndexVersion, window: str | None = None) -> dict:
-        """Take one date's files from a published version as hard links (a copy across file
-        systems), after checking them against its manifest: a corrupt file is never carried on."""
-        source.verify_date(date)
+    def copy_date(self, date: str, source: IndexVersion, window: str | None = None) -> dict:
+        """Take one date's files from a published version as copies, each checked against the source's
+        manifest after copying: a corrupt file is never carried on.
+
+        Copies, not hard links: a link would share one inode between versions, so damage to a reused
+        file would reach every version holding it and rolling back would not help. The copy is made
+        in the kernel (copy_file_range), which shares extents on file systems that support reflinks
+        (XFS, Btrfs) and copies elsewhere."""
         pos = source.position(date)
         files = {}
         for rel in source.date_files(date).values():
+            meta = source.files.get(rel)
+            if meta is None:
+                raise IndexCorruptError(source.path / rel, "not listed in the manifest")
             target = self.path / rel
             target.unlink(missing_ok=True)
             try:
-                os.link(source.path / rel, target)
-            except OSError:
-                shutil.copy2(source.path / rel, target)
-            files[rel] = dict(source.files[rel])
+                copy_file(source.path / rel, target)
+            except FileNotFoundError:
+                raise IndexCorruptError(
+                    source.path / rel, "missing", f"{meta['bytes']} bytes", "no file"
+                ) from None
+            size, digest = target.stat().st_size, sha256_file(target)
+            if size != meta["bytes"] or digest != meta["sha256"]:
+                target.unlink()
+                raise IndexCorruptError(
+                    source.path / rel, "checksum mismatch", f"sha256 {meta['sha256']}", f"sha256 {digest}"
+                )
+            files[rel] = dict(meta)
         record = {
             "date": date,
             "count": int(source.counts[pos]),
@@ -366,6 +400,30 @@ class IndexVersion:
         for part in files if parts is None else parts:
             self.verify_file(files[part])
 
+    def read_checked(self, rel: str) -> bytes:
+        """The whole file, checked (size, then sha256) on the very bytes returned.
+
+        What the query side serves is parsed from these bytes, never from the file again, so a file
+        damaged after it was checked cannot be served: it is refused with IndexCorruptError the next
+        time it is read, and what is in memory is what was checked."""
+        meta = self.files.get(rel)
+        if meta is None:
+            raise IndexCorruptError(self.path / rel, "not listed in the manifest")
+        file = self.path / rel
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise IndexCorruptError(file, "missing", f"{meta['bytes']} bytes", "no file") from None
+        if len(data) != meta["bytes"]:
+            problem = "truncated" if len(data) < meta["bytes"] else "wrong size"
+            raise IndexCorruptError(file, problem, f"{meta['bytes']} bytes", f"{len(data)} bytes")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != meta["sha256"]:
+            raise IndexCorruptError(file, "checksum mismatch", f"sha256 {meta['sha256']}", f"sha256 {digest}")
+        with self._lock:
+            self._verified.add(rel)
+        return data
+
     def verify_all(self, *, force: bool = False) -> None:
         for rel in self.files:
             self.verify_file(rel, force=force)
@@ -395,13 +453,16 @@ class IndexVersion:
 
     # ----------------------------------------------------------------- read
     def read_vectors(self, date, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(asset ids int32 (n,), vectors float32 (n, d)) of one date; the vectors memory-mapped."""
+        """(asset ids int32 (n,), vectors float32 (n, d)) of one date; the vectors memory-mapped after a
+        checksum of the file, or with `mmap=False` parsed from the checked bytes themselves."""
         key = self.date_key(date)
         files = self.date_files(key)
-        self.verify_file(files["ids"])
-        self.verify_file(files["vectors"])
-        ids = np.load(self.path / files["ids"])
-        vectors = np.load(self.path / files["vectors"], mmap_mode="r" if mmap else None)
+        ids = np.load(io.BytesIO(self.read_checked(files["ids"])))
+        if mmap:
+            self.verify_file(files["vectors"])
+            vectors = np.load(self.path / files["vectors"], mmap_mode="r")
+        else:
+            vectors = self._parse_npy(files["vectors"])
         if vectors.shape != (len(ids), self.dim):
             raise IndexCorruptError(
                 self.path / files["vectors"],
@@ -411,31 +472,35 @@ class IndexVersion:
             )
         return ids, vectors
 
+    def _parse_npy(self, rel: str) -> np.ndarray:
+        try:
+            return np.load(io.BytesIO(self.read_checked(rel)), allow_pickle=False)
+        except ValueError as exc:  # checksummed yet unreadable: written wrong, still not servable
+            raise IndexCorruptError(self.path / rel, f"not a readable .npy ({exc})") from None
+
     def read_neighbors(self, date) -> np.ndarray | None:
-        """The date's stored neighbor table ((n, K) of id, score; memory-mapped), or None if it has none."""
+        """The date's stored neighbor table ((n, K) of id, score), parsed from its checked bytes, or None
+        if it has none."""
         key = self.date_key(date)
         rel = self.date_files(key).get("neighbors")
         if rel is None:
             return None
-        self.verify_file(rel)
-        table = np.load(self.path / rel, mmap_mode="r")
+        table = self._parse_npy(rel)
         expected = (int(self.counts[self._date_pos[key]]), int(self.manifest["index"].get("neighbors", 0)))
         if table.shape != expected:
             raise IndexCorruptError(self.path / rel, "shape mismatch", str(expected), str(table.shape))
         return table
 
-    def read_index(self, date, *, mmap: bool = False):
-        """The date's faiss index (checked first); `mmap` maps a flat index's vectors instead of reading them."""
+    def read_index(self, date):
+        """The date's faiss index, deserialised from its checked bytes (in memory: a file changed on disk
+        afterwards changes nothing that is served)."""
         import faiss
 
         key = self.date_key(date)
         rel = self.date_files(key)["index"]
-        self.verify_file(rel)
-        flags = faiss.IO_FLAG_READ_ONLY
-        if mmap and self.kinds[self._date_pos[key]] == "flat":
-            flags |= faiss.IO_FLAG_MMAP_IFC
+        data = self.read_checked(rel)
         try:
-            index = faiss.read_index(str(self.path / rel), flags)
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
             raise IndexCorruptError(self.path / rel, f"faiss cannot read it ({exc})") from exc
         expected = int(self.counts[self._date_pos[key]])

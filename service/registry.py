@@ -143,9 +143,12 @@ class IndexRegistry:
             try:
                 # The reader keeps every asset's top-MAX_K peers on the newest date: most queries ask
                 # about the newest date without filters and are then a row lookup, not a search.
+                # verify="lazy": the manifest is checked now and each date's files when that date is
+                # loaded, so one damaged file fails its own date, not the whole version.
                 reader = IndexReader(
                     wanted,
                     store=self.store,
+                    verify="lazy",
                     cache_bytes=self.cache_bytes,
                     omp_threads=self.omp_threads,
                     hot_neighbors=MAX_K,

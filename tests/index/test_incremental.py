@@ -25,22 +25,19 @@ def same_inode(a, b) -> bool:
     return os.stat(a).st_ino == os.stat(b).st_ino
 
 
-def test_new_bars_embed_only_the_new_dates_and_link_the_rest(checkpoint, panel, tmp_path):
+def test_new_bars_embed_only_the_new_dates_and_copy_the_rest(checkpoint, panel, tmp_path):
     root = tmp_path / "indexes"
     yesterday = panel.slice_dates(end="2012-05-24")
     first = build(checkpoint, yesterday, root)
     second = build(checkpoint, panel, root, reuse=opened(root, first))
     assert second.reused_dates == first.n_dates
     assert second.embedded_dates == second.n_dates - first.n_dates > 0
-    new, old = opened(root, second), opened(root, first)  # verify="all": linked files check out
+    new, old = opened(root, second), opened(root, first)  # verify="all": copied files check out
     assert new.manifest["build"]["reused_from"] == first.version
     for date in old.manifest["dates"]:
         for rel in old.date_files(date).values():
-            assert same_inode(old.path / rel, new.path / rel), rel
-    store = IndexStore(root)
-    shared = sum((old.path / rel).stat().st_size for rel in old.files)
-    both = store.disk_bytes(first.version) + store.disk_bytes(second.version)
-    assert store.total_disk_bytes() == both - shared
+            assert not same_inode(old.path / rel, new.path / rel), rel
+            assert (old.path / rel).read_bytes() == (new.path / rel).read_bytes(), rel
 
     # The result is the version a full build would have made.
     fresh = build(checkpoint, panel, tmp_path / "fresh")
@@ -120,6 +117,23 @@ def test_a_corrupt_file_in_the_earlier_version_is_embedded_again(checkpoint, pan
     second = build(checkpoint, panel, root, reuse=IndexStore(root).open_version(first.version, verify="lazy"))
     assert second.embedded_dates == 1 and second.reused_dates == first.n_dates - 1
     opened(root, second)  # every file of the new version checks out
+
+
+def test_damage_to_a_reused_file_stays_in_the_version_it_happened_in(checkpoint, panel, tmp_path):
+    """A reused date is a copy: bytes damaged in place in one version leave the other intact, so
+    rolling back to it helps."""
+    root = tmp_path / "indexes"
+    first = build(checkpoint, panel.slice_dates(end="2012-05-24"), root)
+    second = build(checkpoint, panel, root, reuse=opened(root, first))
+    assert second.reused_dates == first.n_dates
+    victim = opened(root, first).manifest["dates"][2]
+    for rel in (f"faiss/{victim}.faiss", f"vectors/{victim}.npy"):
+        with open(root / second.version / rel, "r+b") as fh:  # in place: the same inode
+            fh.seek(-8, os.SEEK_END)
+            fh.write(b"\xff" * 8)
+    damaged = IndexStore(root).open_version(second.version, verify="lazy").problems()
+    assert sorted(e.problem for e in damaged) == ["checksum mismatch"] * 2
+    assert IndexStore(root).open_version(first.version, verify="lazy").problems() == []
 
 
 def test_other_build_settings_reuse_nothing(checkpoint, panel, tmp_path):

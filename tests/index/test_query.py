@@ -272,6 +272,35 @@ def test_lru_loads_history_lazily(built):
     assert small.cache_info()["hits"] >= 1
 
 
+def test_a_file_damaged_after_it_was_served_is_refused_when_next_loaded(built, tmp_path):
+    """What is served is parsed from bytes checked at that load: a date evicted from the cache and
+    damaged on disk meanwhile is refused with IndexCorruptError, never answered from altered bytes,
+    and the other dates keep answering."""
+    import shutil
+
+    from index.errors import IndexCorruptError
+    from index.query import IndexReader
+
+    root, result = built
+    shutil.copytree(root / result.version, tmp_path / result.version)
+    one = IndexReader(result.version, root=tmp_path, cache_bytes=0, omp_threads=1, verify="lazy")
+    first, second = one.dates[3], one.dates[4]
+    ticker = one.tickers[0]
+    before = one.similar(ticker, first, k=3)
+    one.similar(ticker, second, k=3)  # evicts the first date (the cache keeps one)
+    assert one.cache_info()["cached_dates"] == [second.isoformat()]
+    date = first.isoformat()
+    for rel in one.index_version.date_files(date).values():
+        with open(tmp_path / result.version / rel, "r+b") as fh:  # a float near the end, in place
+            fh.seek(-6, 2)
+            fh.write(b"\x00\x00\x80\x7f")
+    with pytest.raises(IndexCorruptError, match="checksum mismatch"):
+        one.similar(ticker, first, k=3)
+    assert one.similar(ticker, second, k=3).neighbors
+    assert one.similar(ticker).neighbors
+    assert before.neighbors  # it was answered before the damage
+
+
 def test_all_pairs(reader):
     ids, labels, scores = reader.all_pairs(k=5)
     assert labels.shape == (len(ids), 5)

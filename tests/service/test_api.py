@@ -422,6 +422,32 @@ def test_queries_go_on_while_the_database_is_down(deployment, postgres_url, pane
         error_of(client.post("/admin/reload"), 503, "database_unavailable")
 
 
+def test_a_damaged_file_found_at_start_fails_its_date_only(deployment, tmp_path, panel):
+    """A service (re)started on a version with one damaged file serves every other date, the newest
+    included; the damaged date answers index_corrupt."""
+    home = tmp_path / "home"
+    shutil.copytree(deployment.home / "indexes", home / "indexes")
+    version = IndexStore(home / "indexes").open_version(deployment.versions[0], verify="lazy")
+    dates = version.manifest["dates"]
+    bad = version.path / "faiss" / f"{dates[3]}.faiss"
+    with open(bad, "r+b") as fh:
+        fh.seek(-16, 2)
+        fh.write(bytes(16))
+    url = f"sqlite:///{tmp_path / 'fascl.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with session_scope(session_factory(engine)) as session:
+        load_assets(session, panel, "synthetic")
+        register_index(session, version, activate=True)
+    engine.dispose()
+    settings = Settings(home=home, database_url=url, index_poll_seconds=3600)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.get("/health/ready").status_code == 200
+        assert client.get(f"/similar/{panel.tickers[0]}").status_code == 200
+        assert client.get(f"/similar/{panel.tickers[0]}", params={"date": dates[4]}).status_code == 200
+        error_of(client.get(f"/similar/{panel.tickers[0]}", params={"date": dates[3]}), 500, "index_corrupt")
+
+
 def test_a_corrupt_date_fails_its_queries_only_and_names_the_file(deployment, tmp_path, monkeypatch, panel):
     """Large versions check each date when first loaded: the bad date answers index_corrupt (500, the
     file named), every other date keeps serving."""
