@@ -9,22 +9,32 @@ only after a verified publish).
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from fascl.retention import LEFTOVER_AGE_SECONDS, prune_after_activation
 from fascl.settings import Settings
 from index.build import build_version
 from index.store import IndexStore
 from market.panel import Panel
 from service.db import make_engine, session_factory, session_scope
-from service.models import IndexVersion, ReindexRun, utcnow
+from service.models import ReindexRun, utcnow
 from service.repository import active_index, load_assets, register_index
+
+# Panel files besides the bars that a re-import keeps.
+KEEP_FILES = ("truth.npz",)
+# A run left `running` that cannot be checked by its pid (another host, or recorded before pids were)
+# is taken as abandoned after this long: far longer than any reindex takes.
+STALE_AFTER = dt.timedelta(days=2)
 
 
 @dataclass
@@ -48,16 +58,20 @@ def run_reindex(
     model: Path | None = None,
     data: Path | None = None,
     source: Path | None = None,
+    assets: Path | None = None,
     keep_days: int | None = None,
     console: Console | None = None,
 ) -> ReindexOutcome:
-    """One reindex: optional re-import of `source` into the panel, then a new index version if there are new dates."""
+    """One reindex: optional re-import of `source` (with `assets` metadata for its new tickers) into
+    the panel, then a new index version if there are new dates."""
     console = console or Console()
     engine = make_engine(settings.sqlalchemy_url)
     factory = session_factory(engine)
     try:
         with session_scope(factory) as session:
-            run = ReindexRun(status="running")
+            for stale in mark_abandoned_runs(session):
+                console.print(f"reindex run {stale.id} (pid {stale.pid} on {stale.host}) was abandoned")
+            run = ReindexRun(status="running", pid=os.getpid(), host=socket.gethostname())
             session.add(run)
             session.flush()
             run_id = run.id
@@ -68,7 +82,7 @@ def run_reindex(
             "failed", None, 0, f"the database is unreachable ({first_line}); nothing was changed"
         )
     try:
-        outcome = _reindex(settings, factory, model, data, source, keep_days, console)
+        outcome = _reindex(settings, factory, model, data, source, assets, keep_days, console)
     except Exception as exc:
         outcome = ReindexOutcome("failed", None, 0, f"{exc.__class__.__name__}: {exc}")
     with session_scope(factory) as session:
@@ -79,8 +93,48 @@ def run_reindex(
     return outcome
 
 
-def _reindex(settings, factory, model, data, source, keep_days, console) -> ReindexOutcome:
+def process_exists(pid: int) -> bool:
+    """Whether process `pid` runs on this host (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def mark_abandoned_runs(session) -> list[ReindexRun]:
+    """Mark `abandoned` the runs left `running` by a process that no longer exists: one on this host
+    whose pid is gone, or one of another host (or from before pids were recorded) started more than
+    STALE_AFTER ago. Returns them."""
+    host = socket.gethostname()
+    now = utcnow()
+    stale = []
+    for run in session.scalars(select(ReindexRun).where(ReindexRun.status == "running")):
+        started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=dt.UTC)
+        gone = (
+            not process_exists(run.pid)
+            if run.host == host and run.pid is not None
+            else now - started > STALE_AFTER
+        )
+        if gone:
+            run.status, run.finished_at = "abandoned", now
+            run.message = (run.message + "; " if run.message else "") + (
+                f"abandoned: its process (pid {run.pid} on {run.host}) ended before the run finished"
+            )
+            stale.append(run)
+    return stale
+
+
+def _reindex(settings, factory, model, data, source, assets, keep_days, console) -> ReindexOutcome:
     store = IndexStore(settings.indexes_dir, keep=settings.index_keep)
+    for leftover in store.remove_leftovers(LEFTOVER_AGE_SECONDS):
+        console.print(f"removed {leftover} (left by an interrupted job)")
     with factory() as session:
         current = active_index(session)
         current_path = Path(current.path) if current else None
@@ -90,7 +144,11 @@ def _reindex(settings, factory, model, data, source, keep_days, console) -> Rein
     if source is not None:
         from market.importers import import_dataset
 
-        report = import_dataset(source, panel_path)  # all or nothing: a bad file raises, the panel stays
+        # All or nothing: a bad file raises and the panel stays. The bars replace the panel's; its
+        # asset metadata and its other files (a synthetic market's truth.npz) are kept.
+        report = import_dataset(
+            source, panel_path, assets=merged_metadata(panel_path, assets), keep_files=KEEP_FILES
+        )
         console.print(f"imported {report.rows_imported:,} rows from {source}")
     panel = Panel.load(panel_path)
     checkpoint = model or (Path(old.manifest["model"]["checkpoint"]) if old else None)
@@ -113,15 +171,36 @@ def _reindex(settings, factory, model, data, source, keep_days, console) -> Rein
     with session_scope(factory) as session:
         load_assets(session, panel, panel_path.name)
         register_index(session, store.open_version(result.version), activate=True)
-        retired = session.scalars(select(IndexVersion).where(IndexVersion.version.in_(result.pruned)))
-        for row in retired:
-            row.status = "retired"
+    with session_scope(factory) as session:  # only once the activation is committed
+        pruned = prune_after_activation(session, store)
     message = (
         f"indexed {result.n_dates} dates ({start} .. {result.last_date}) in {time.perf_counter() - started:.0f} s; "
         f"{new_dates} new; {result.embedded_dates} embedded, {result.reused_dates} reused from "
         f"{old.version if old else 'no earlier version'}"
+        + (f"; pruned {', '.join(pruned)}" if pruned else "")
     )
     return ReindexOutcome("succeeded", result.version, new_dates, message)
+
+
+def merged_metadata(panel_path: Path, assets: Path | None) -> pd.DataFrame | None:
+    """The panel's current asset metadata, updated by the non-empty fields of `assets` (a CSV of
+    ticker plus name, sector, industry, exchange) and extended by its new tickers."""
+    from market.importers import read_assets
+
+    current = (
+        pd.read_parquet(panel_path / "assets.parquet") if (panel_path / "assets.parquet").exists() else None
+    )
+    supplied = read_assets(assets) if assets is not None else None
+    if current is None or supplied is None:
+        return supplied if current is None else current
+    merged = current.set_index("ticker")
+    for row in supplied.itertuples(index=False):
+        fields = {k: v for k, v in row._asdict().items() if k != "ticker" and v}
+        if row.ticker not in merged.index:
+            merged.loc[row.ticker] = ""
+        for column, value in fields.items():
+            merged.loc[row.ticker, column] = value
+    return merged.reset_index()
 
 
 def next_run(at: str, now: dt.datetime | None = None) -> dt.datetime:

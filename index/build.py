@@ -70,7 +70,6 @@ class BuildResult:
     disk_bytes: int
     device: str
     kinds: list[str]
-    pruned: list[str]
 
 
 def _day(value) -> np.datetime64 | None:
@@ -176,7 +175,9 @@ def build_version(
 
     `panel` must hold the 63 trading days before `start` for the first dates to have windows.
     `on_date(date, done_so_far)` is called after each date is durable (progress hooks; tests use it
-    to interrupt a build). `keep` (default: the store's, FASCL_INDEX_KEEP) versions are kept.
+    to interrupt a build). Nothing is pruned here: the caller prunes after activating the version
+    (fascl.retention), since only it knows which versions are served. `keep` sets the store's
+    retention for that later prune (default FASCL_INDEX_KEEP).
     `reuse`: an earlier version whose unchanged dates are taken over rather than embedded again.
     `neighbors`: K of each date's stored top-K table (0: none)."""
     started = time.perf_counter()
@@ -336,7 +337,6 @@ def build_version(
         disk_bytes=store.disk_bytes(published.version),
         device=str(device),
         kinds=sorted(set(published.kinds)),
-        pruned=list(store.last_pruned),
     )
 
 

@@ -54,6 +54,7 @@ FORMAT = "fascl-index/1"
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.sha256"
 STAGING = ".staging"
+TRASH = ".trash-"
 LOCK = ".lock"
 # Versions up to this size are verified in full when opened; larger ones date by date on first use.
 EAGER_VERIFY_BYTES = 256 * 2**20
@@ -544,7 +545,6 @@ class IndexStore:
         settings = _settings() if root is None or keep is None else None
         self.root = Path(root) if root is not None else settings.indexes_dir
         self.keep = keep if keep is not None else int(getattr(settings, "index_keep", 3))
-        self.last_pruned: list[str] = []  # versions deleted by the last publish
 
     # -------------------------------------------------------------- listing
     def _version_dirs(self) -> list[Path]:
@@ -623,7 +623,10 @@ class IndexStore:
         return name
 
     def publish(self, staging: Staging, manifest: dict, records: dict[str, dict]) -> IndexVersion:
-        """Turn a finished staging directory into a published version (atomically) and prune old ones.
+        """Turn a finished staging directory into a published version (atomically).
+
+        Publishing never prunes: which versions may go depends on which one is served, which only
+        the caller knows (`prune` after a successful activation, with the served ones protected).
 
         `manifest` carries everything but the per-date part, which comes from `records` (date ->
         record as written by Staging.write_date), in date order."""
@@ -659,24 +662,66 @@ class IndexStore:
         staging.close()
         fsync_dir(self.root)
         fsync_dir(self.root / STAGING)
-        self.last_pruned = self.prune(protect=version)
         return IndexVersion(target, verify="lazy")
 
-    def prune(self, keep: int | None = None, *, protect: str | None = None) -> list[str]:
-        """Delete all but the newest `keep` versions (never `protect`); return the deleted names."""
+    def prune(self, keep: int | None = None, *, protect: Iterable[str] = ()) -> list[str]:
+        """Delete all but the newest `keep` versions, never those in `protect`; return the deleted names.
+
+        `protect` must hold every version a service may still be reading (the active one and the
+        one it replaced): the store cannot know which those are, the caller reads them from SQL."""
         keep = self.keep if keep is None else keep
         if keep < 1:
             raise ValueError(f"keep must be at least 1, not {keep}")
+        protected = set(protect)
         versions = [info.version for info in self.list_versions()]
-        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != protect]
+        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in protected]
         for version in doomed:
-            trash = self.root / f".trash-{version}"
+            trash = self.root / f"{TRASH}{version}"
             shutil.rmtree(trash, ignore_errors=True)
             (self.root / version).rename(trash)  # vanishes from listings in one step
             shutil.rmtree(trash, ignore_errors=True)
         if doomed:
             fsync_dir(self.root)
         return doomed
+
+    def remove_leftovers(self, older_than_seconds: float) -> list[str]:
+        """Delete what interrupted jobs left behind: staging directories no build holds (their lock
+        is free) and `.trash-*` directories, when untouched for `older_than_seconds`. Returns their
+        paths relative to the root.
+
+        A staging directory is what a rerun of the same build resumes from, so it is kept while a
+        build holds it and for the given age after its last write."""
+        removed = []
+        now = dt.datetime.now().timestamp()
+
+        def old(path: Path) -> bool:
+            try:
+                newest = max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))])
+            except FileNotFoundError:  # being removed by someone else right now
+                return False
+            return now - newest >= older_than_seconds
+
+        staging_root = self.root / STAGING
+        for path in sorted(staging_root.iterdir()) if staging_root.is_dir() else []:
+            if not path.is_dir() or not old(path):
+                continue
+            with open(path / LOCK, "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a live build holds it
+                    continue
+                trash = self.root / f"{TRASH}{STAGING}-{path.name}"
+                shutil.rmtree(trash, ignore_errors=True)
+                path.rename(trash)  # a build starting now makes a fresh directory
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(f"{STAGING}/{path.name}")
+        for path in sorted(self.root.glob(f"{TRASH}*")) if self.root.is_dir() else []:
+            if path.is_dir() and old(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+        if removed:
+            fsync_dir(self.root)
+        return removed
 
 
 def list_versions(root: str | Path | None = None) -> list[VersionInfo]:

@@ -395,8 +395,12 @@ def import_dataset(
     assets: str | Path | pd.DataFrame | None = None,
     clean: bool = True,
     strict: bool = False,
+    keep_files: tuple[str, ...] = (),
 ) -> ImportReport:
     """Read, validate, detect corrections and save a panel at `dest`; all or nothing.
+
+    `keep_files`: files of the panel already at `dest` (a synthetic market's truth.npz, say) that
+    the new panel keeps, written in the same atomic step as the bars.
 
     On any fatal issue it raises DataImportError and `dest` is left as it was. With
     clean=True the detected corrections are stored beside the raw bars (Panel.load
@@ -450,10 +454,11 @@ def import_dataset(
         )
     )
 
+    kept = {name: (Path(dest) / name).read_bytes() for name in keep_files if (Path(dest) / name).is_file()}
     panel.save(
         dest,
         corrections=corrections,
         extra={"source": str(source), "report": report.summary()},
-        extra_files={"import_report.json": report.to_json().encode()},
+        extra_files={**kept, "import_report.json": report.to_json().encode()},
     )
     return report

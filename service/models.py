@@ -69,10 +69,13 @@ class ReindexRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running | succeeded | failed
+    # running | succeeded | up_to_date | failed | abandoned (its process died before it could finish)
+    status: Mapped[str] = mapped_column(String(16), default="running")
     index_version: Mapped[str | None] = mapped_column(String(128))
     dates_added: Mapped[int] = mapped_column(Integer, default=0)
     message: Mapped[str] = mapped_column(Text, default="")
+    pid: Mapped[int | None] = mapped_column(Integer)  # the process running it, on `host`
+    host: Mapped[str | None] = mapped_column(String(255))
 
 
 class ApiKey(Base):

@@ -88,8 +88,12 @@ def build(
 
     # 64 trading days of history before --from; ~2.5 calendar days per trading day is ample.
     load_from = None if from_ is None else pd.Timestamp(from_) - pd.Timedelta(days=160)
+    from fascl.retention import LEFTOVER_AGE_SECONDS
+
     path, panel = load_panel_or_exit(data, console, start=load_from, end=to)
     store = _store()
+    for leftover in store.remove_leftovers(LEFTOVER_AGE_SECONDS):
+        console.print(f"removed {leftover} (left by an interrupted job)", style="dim")
     source = None
     if reuse != "none" and (reuse != "latest" or store.latest_version() is not None):
         from index.errors import IndexStoreError
@@ -131,42 +135,61 @@ def build(
     table.add_row("disk size", human_bytes(result.disk_bytes))
     table.add_row("device", result.device)
     table.add_row("path", str(result.path))
-    if result.pruned:
-        table.add_row("pruned", ", ".join(result.pruned))
     console.print(table)
-    if activate:
-        _activate(store, result.version, retired=result.pruned, strict=False)
+    if not activate:
+        console.print(
+            f"not activated (--no-activate): nothing was pruned; `fascl index activate {result.version}` "
+            "serves it, and the next activated build prunes"
+        )
+        return
+    _activate(store, result.version)
+    _prune(store)
 
 
-def _activate(store, version: str, retired: list[str] = (), *, strict: bool = True) -> None:
-    """Record the version in SQL as the active one; a running service swaps to it at its next poll."""
-    from sqlalchemy import select
+def _engine():
+    from service.db import make_engine
+
+    return make_engine(get_settings().sqlalchemy_url)
+
+
+def _activate(store, version: str) -> None:
+    """Record the version in SQL as the active one; a running service swaps to it at its next poll.
+
+    Exits 1 when the database refuses: the version is then published but not active."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from service.db import make_engine, session_factory, session_scope
-    from service.models import IndexVersion
+    from service.db import session_factory, session_scope
     from service.repository import register_index
 
-    engine = make_engine(get_settings().sqlalchemy_url)
+    engine = _engine()
     try:
         with session_scope(session_factory(engine)) as session:
             register_index(session, store.open_version(version), activate=True)
-            for row in session.scalars(select(IndexVersion).where(IndexVersion.version.in_(list(retired)))):
-                row.status = "retired"
     except (OperationalError, ProgrammingError) as exc:
-        message = (
+        raise _fail(
             f"{version} is published but not active: the database is not ready ({exc.__class__.__name__}); "
             f"run `fascl db upgrade`, then `fascl index activate {version}`"
-        )
-        if strict:
-            raise _fail(message) from None
-        console.print(f"[yellow]{message}[/]")
-        return
+        ) from None
     finally:
         engine.dispose()
     console.print(
         f"[green]active:[/] {version} (the service swaps to it at its next poll or POST /admin/reload)"
     )
+
+
+def _prune(store) -> None:
+    """After a successful activation: keep the newest versions and every one a service may still serve."""
+    from fascl.retention import prune_after_activation
+    from service.db import session_factory, session_scope
+
+    engine = _engine()
+    try:
+        with session_scope(session_factory(engine)) as session:
+            pruned = prune_after_activation(session, store)
+    finally:
+        engine.dispose()
+    if pruned:
+        console.print(f"pruned (beyond FASCL_INDEX_KEEP={store.keep}): {', '.join(pruned)}")
 
 
 @app.command()

@@ -24,6 +24,14 @@ def reindex(
         Path | None,
         typer.Option(exists=True, help="Re-import these bars into the panel first (all or nothing)"),
     ] = None,
+    assets: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            help="CSV of ticker,name,sector,industry,exchange for --source's new tickers (or to update "
+            "some); the panel's current metadata is kept for the others",
+        ),
+    ] = None,
     keep_days: Annotated[
         int | None, typer.Option(min=1, help="Index only the last N trading days (default: the active range)")
     ] = None,
@@ -47,7 +55,13 @@ def reindex(
             console.print(f"next reindex at {when:%Y-%m-%d %H:%M} UTC")
             time.sleep(max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds()))
         outcome = run_reindex(
-            settings, model=model, data=data, source=source, keep_days=keep_days, console=console
+            settings,
+            model=model,
+            data=data,
+            source=source,
+            assets=assets,
+            keep_days=keep_days,
+            console=console,
         )
         colour = {"succeeded": "green", "up_to_date": "cyan"}.get(outcome.status, "red")
         console.print(

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
 import pandas as pd
 from rich.console import Console
 from sqlalchemy import select
@@ -12,17 +20,18 @@ from index.build import build_version
 from index.store import IndexStore
 from market.panel import Panel
 from service.db import make_engine, session_factory, session_scope, upgrade
-from service.models import ReindexRun
-from service.repository import active_index, register_index
+from service.models import Asset, ReindexRun
+from service.repository import active_index, load_assets, register_index
 from tests.service.fixtures import make_deployment
 
 
 def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
     deployment = make_deployment(tmp_path / "home", versions=0)
     full = Panel.load(deployment.panel_path)
+    truth = (deployment.panel_path / "truth.npz").read_bytes()
     cut = full.dates[-11]
     # Yesterday's panel: everything but the last 10 trading days; the live index covers it.
-    full.slice_dates(end=cut).save(deployment.panel_path)
+    full.slice_dates(end=cut).save(deployment.panel_path, extra_files={"truth.npz": truth})
     store = IndexStore(deployment.home / "indexes")
     first = build_version(
         deployment.checkpoint,
@@ -40,10 +49,19 @@ def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
     settings = Settings(home=deployment.home, database_url=database_url)
     quiet = Console(quiet=True)
 
-    # Tonight's bars arrive as a long file; the job imports them, indexes the new dates and flips.
+    with session_scope(factory) as session:
+        load_assets(session, Panel.load(deployment.panel_path), "synthetic")
+
+    # Tonight's bars arrive as a long file, without metadata, with one newly listed ticker (whose
+    # metadata comes in an assets file); the job imports them, indexes the new dates and flips.
     source = tmp_path / "bars.parquet"
-    full.to_long().to_parquet(source)
-    outcome = run_reindex(settings, source=source, console=quiet)
+    listed = full.to_long()
+    # (listed tonight: no 64-day window yet, so the dates already indexed are unchanged)
+    newcomer = listed[(listed["ticker"] == full.tickers[0]) & (listed["date"] > cut)].assign(ticker="ZNEW")
+    pd.concat([listed, newcomer]).to_parquet(source)
+    assets_file = tmp_path / "new_assets.csv"
+    assets_file.write_text("ticker,name,sector,industry,exchange\nZNEW,Newco,Energy,Oil,NYSE\n")
+    outcome = run_reindex(settings, source=source, assets=assets_file, console=quiet)
     assert outcome.status == "succeeded", outcome.message
     assert outcome.dates_added == 10
     new = store.open_version(outcome.index_version)
@@ -54,6 +72,8 @@ def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
     assert "10 embedded" in outcome.message
     with factory() as session:
         assert active_index(session).version == outcome.index_version
+
+    check_metadata_survived(deployment, full, new, factory, database_url)
 
     again = run_reindex(settings, console=quiet)
     assert again.status == "up_to_date" and again.index_version == outcome.index_version
@@ -69,6 +89,69 @@ def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
     assert [r.status for r in runs] == ["succeeded", "up_to_date", "failed"]
     assert all(r.finished_at is not None for r in runs) and runs[0].dates_added == 10
     engine.dispose()
+
+
+def check_metadata_survived(deployment, full, new, factory, database_url):
+    """Names, sectors, industries and exchanges are those of before the re-import, in the panel, in
+    SQL, in the new version and over HTTP; the synthetic ground truth is still there."""
+    columns = ["ticker", "name", "sector", "industry", "exchange"]
+    expected = full.assets[columns].set_index("ticker")
+    assert (expected["sector"] != "").all()
+    panel = Panel.load(deployment.panel_path)
+    got = panel.assets[columns].set_index("ticker")
+    pd.testing.assert_frame_equal(got.loc[expected.index], expected)
+    assert got.loc["ZNEW"].tolist() == ["Newco", "Energy", "Oil", "NYSE"]
+    assert (deployment.panel_path / "truth.npz").exists()
+    with factory() as session:
+        rows = {a.ticker: [a.name, a.sector, a.industry, a.exchange] for a in session.scalars(select(Asset))}
+    assert {t: rows[t] for t in expected.index} == {t: list(r) for t, r in expected.iterrows()}
+    assert rows["ZNEW"] == ["Newco", "Energy", "Oil", "NYSE"]
+    indexed = pd.DataFrame(new.manifest["tickers"]).set_index("ticker")
+    assert (indexed["sector"] != "").all()
+
+    query, sector = expected.index[0], expected["sector"].iloc[0]
+    other = sorted(set(expected["sector"]) - {sector})[0]
+    with serving(deployment.home, database_url) as base:
+        same = httpx.get(f"{base}/similar/{query}", params={"sector": sector, "k": 3}, timeout=10)
+        assert same.status_code == 200, same.text
+        assert {p["sector"] for p in same.json()["results"]} == {sector}
+        apart = httpx.get(
+            f"{base}/similar/{query}", params={"exclude_same_sector": "true", "k": 5}, timeout=10
+        )
+        assert apart.status_code == 200, apart.text
+        assert sector not in {p["sector"] for p in apart.json()["results"]}
+        assert httpx.get(f"{base}/similar/{query}", params={"sector": other}, timeout=10).status_code == 200
+
+
+@contextlib.contextmanager
+def serving(home, database_url):
+    """A real `fascl serve` process on a free port, answering from the active version."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FASCL_HOME": str(home), "FASCL_DATABASE_URL": database_url}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fascl.cli.main", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "fascl serve did not get ready"
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 def test_next_run_is_the_next_occurrence_of_the_time_of_day():

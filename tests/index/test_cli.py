@@ -31,7 +31,7 @@ def invoke(*args: str, code: int = 0):
 def test_cli_end_to_end(home, checkpoint):
     out = invoke(
         "index", "build", "--model", str(checkpoint.parent), "--from", SHORT[0], "--to", SHORT[1],
-        "--threads", "1", "--no-progress",
+        "--threads", "1", "--no-progress", "--no-activate",
     )  # fmt: skip
     assert "published synthetic-tiny-" in out and "disk size" in out and "vectors" in out
     version = next(p.name for p in (home / "indexes").iterdir() if not p.name.startswith("."))
@@ -68,7 +68,7 @@ def test_build_activates_the_version_in_sql_once_the_database_is_migrated(home, 
 
     args = ("index", "build", "--model", str(checkpoint.parent), "--from", SHORT[0], "--to", SHORT[1],
             "--threads", "1", "--no-progress")  # fmt: skip
-    out = " ".join(invoke(*args).split())  # rich wraps long lines
+    out = " ".join(invoke(*args, code=1).split())  # rich wraps long lines
     first = next(p.name for p in (home / "indexes").iterdir() if not p.name.startswith("."))
     assert "published but not active" in out and f"fascl index activate {first}" in out
     invoke("db", "upgrade")
@@ -96,6 +96,7 @@ def test_cli_build_reuses_the_latest_version_unless_told_not_to(home, checkpoint
         "--to",
         SHORT[1],
         "--no-progress",
+        "--no-activate",
     )
     invoke(*args)
     out = invoke(*args, "--reuse", reuse)
@@ -108,3 +109,43 @@ def test_cli_build_reuses_the_latest_version_unless_told_not_to(home, checkpoint
         (0, n_dates) if reuse == "latest" else (n_dates, 0)
     )
     invoke(*args, "--reuse", "no-such-version", code=1)
+
+
+def _versions(home) -> list[str]:
+    from index.store import IndexStore
+
+    return [info.version for info in IndexStore(home / "indexes").list_versions()]
+
+
+def test_pruning_never_deletes_the_active_or_the_previously_active_version(home, checkpoint):
+    """FASCL_INDEX_KEEP=2. Roll back to the oldest version, then publish two more without activating:
+    the served version and the one it replaced survive, and nothing is pruned before an activation."""
+    args = ("index", "build", "--model", str(checkpoint.parent), "--from", SHORT[0], "--to", SHORT[1],
+            "--threads", "1", "--no-progress", "--reuse", "none")  # fmt: skip
+    invoke("db", "upgrade")
+    invoke(*args)
+    invoke(*args)
+    first, second = _versions(home)
+    invoke("index", "activate", first)  # roll back: first is served, second was served before it
+    invoke(*args, "--no-activate")
+    invoke(*args, "--no-activate")
+    assert _versions(home)[:2] == [first, second]  # nothing pruned without an activation
+    assert "ok " + first in invoke("index", "verify", first)
+
+    invoke(*args)  # published and activated: now pruning may run, keeping what may still be served
+    kept = _versions(home)
+    assert first in kept and len(kept) == 3  # active before this build, the new one, and one more
+    newest = kept[-1]
+    assert first in kept and newest not in (first, second)
+    invoke("index", "activate", first)  # the version rolled back to is still whole
+    for version in kept:
+        assert "ok " + version in invoke("index", "verify", version)
+
+
+def test_a_build_whose_activation_fails_exits_non_zero_and_prunes_nothing(home, checkpoint):
+    args = ("index", "build", "--model", str(checkpoint.parent), "--from", SHORT[0], "--to", SHORT[1],
+            "--threads", "1", "--no-progress", "--reuse", "none")  # fmt: skip
+    for _ in range(3):  # no database yet: each build is published, none activated
+        out = " ".join(invoke(*args, code=1).split())
+        assert "published but not active" in out and "fascl index activate" in out
+    assert len(_versions(home)) == 3  # FASCL_INDEX_KEEP=2, yet nothing was pruned

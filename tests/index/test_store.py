@@ -142,14 +142,30 @@ def test_a_torn_progress_line_is_redone(checkpoint, panel, tmp_path):
     assert IndexStore(tmp_path).verify(resumed.version) == []
 
 
-def test_retention_keeps_newest(checkpoint, panel, tmp_path):
-    names = [build(checkpoint, panel, tmp_path, keep=2, start="2012-05-20").version for _ in range(3)]
-    store = IndexStore(tmp_path)
-    assert [v.version for v in store.list_versions()] == names[1:]
+def test_retention_keeps_newest_and_every_protected_version(checkpoint, panel, tmp_path):
+    names = [build(checkpoint, panel, tmp_path, keep=2, start="2012-05-20").version for _ in range(4)]
+    store = IndexStore(tmp_path, keep=2)
+    assert [v.version for v in store.list_versions()] == names  # publishing never prunes
+    assert store.prune(protect={names[0]}) == [names[1]]  # the oldest is served: it stays
+    assert [v.version for v in store.list_versions()] == [names[0], *names[2:]]
     assert store.latest_version() == names[-1]
-    assert store.prune(1) == [names[1]]
-    assert [v.version for v in store.list_versions()] == names[2:]
+    assert store.prune(1) == [names[0], names[2]]
+    assert [v.version for v in store.list_versions()] == names[3:]
     assert not any(p.name.startswith(".trash") for p in tmp_path.iterdir())
+
+
+def test_leftovers_of_interrupted_jobs_are_removed_once_old_unless_a_build_holds_them(tmp_path):
+    store = IndexStore(tmp_path)
+    held = store.staging("m-held", {"a": 1})  # a live build
+    store.staging("m-abandoned", {"a": 2}).close()  # a build that died
+    (tmp_path / ".trash-m-0").mkdir()  # a prune that died mid-delete
+    (tmp_path / ".trash-m-0" / "f").write_bytes(b"x")
+    assert store.remove_leftovers(3600) == []  # young: a rerun may still resume from it
+    assert sorted(store.remove_leftovers(0)) == [".staging/m-abandoned", ".trash-m-0"]
+    assert sorted(p.name for p in (tmp_path / ".staging").iterdir()) == ["m-held"]
+    assert not any(p.name.startswith(".trash") for p in tmp_path.iterdir())
+    held.close()
+    assert store.remove_leftovers(0) == [".staging/m-held"]
 
 
 def test_range_without_windows_is_refused(checkpoint, panel, tmp_path):

@@ -1,0 +1,47 @@
+"""Which index versions may be deleted, and when: the jobs' side of pruning.
+
+The store (index/store.py) deletes versions only when told which to keep, because which version is
+served is recorded in SQL, above it. The rule:
+
+- prune only after a new version has been published *and* activated: a build that is not activated
+  (`--no-activate`, or a database that refuses the activation) deletes nothing;
+- never delete the active version, nor the one active before it: a service polling SQL may still
+  answer from it until its next poll, and its older dates load lazily from disk;
+- otherwise keep the newest FASCL_INDEX_KEEP versions.
+
+Pruned versions are marked `retired` in SQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from index.store import IndexStore
+from service.models import IndexVersion
+
+# Staging and trash directories untouched for this long are removed by the next build or reindex.
+# A staging directory is what a rerun of an interrupted build resumes from: within this age a rerun
+# still resumes; after it, the rerun starts over.
+LEFTOVER_AGE_SECONDS = 24 * 3600
+
+
+def served_versions(session: Session) -> set[str]:
+    """The active version and the one activated before it (a service may still be reading it)."""
+    active = session.scalars(select(IndexVersion.version).where(IndexVersion.active.is_(True))).all()
+    previous = session.scalar(
+        select(IndexVersion.version)
+        .where(IndexVersion.active.is_(False), IndexVersion.activated_at.is_not(None))
+        .order_by(IndexVersion.activated_at.desc())
+        .limit(1)
+    )
+    return set(active) | ({previous} if previous else set())
+
+
+def prune_after_activation(session: Session, store: IndexStore, keep: int | None = None) -> list[str]:
+    """Delete versions beyond the newest `keep` (default the store's) except those served; mark them
+    retired in SQL. Call only once the new version's activation is committed."""
+    pruned = store.prune(keep, protect=served_versions(session))
+    for row in session.scalars(select(IndexVersion).where(IndexVersion.version.in_(pruned))):
+        row.status = "retired"
+    return pruned
