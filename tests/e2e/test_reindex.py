@@ -173,3 +173,30 @@ def test_reindex_without_a_database_fails_cleanly(tmp_path):
     outcome = run_reindex(settings, console=Console(quiet=True))
     assert outcome.status == "failed" and "database is unreachable" in outcome.message
     assert "fascl_no_such_db" in outcome.message and outcome.index_version is None
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_abandoned(tmp_path, database_url):
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    factory = session_factory(engine)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no process
+    host = socket.gethostname()
+    long_ago = pd.Timestamp.now(tz="UTC").to_pydatetime() - pd.Timedelta(days=3)
+    with session_scope(factory) as session:
+        session.add_all(
+            [
+                ReindexRun(status="running", pid=dead.pid, host=host),  # killed
+                ReindexRun(status="running", pid=os.getpid(), host=host),  # still running
+                ReindexRun(status="running", pid=1, host="elsewhere"),  # another host, recent
+                ReindexRun(status="running", started_at=long_ago),  # no pid recorded, days old
+            ]
+        )
+    outcome = run_reindex(Settings(home=tmp_path, database_url=database_url), console=Console(quiet=True))
+    assert outcome.status == "failed" and "no panel" in outcome.message
+    with factory() as session:
+        runs = session.scalars(select(ReindexRun).order_by(ReindexRun.id)).all()
+    assert [r.status for r in runs] == ["abandoned", "running", "running", "abandoned", "failed"]
+    assert f"pid {dead.pid} on {host}" in runs[0].message and runs[0].finished_at is not None
+    assert runs[-1].pid == os.getpid() and runs[-1].host == host
+    engine.dispose()
