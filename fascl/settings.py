@@ -28,8 +28,23 @@ class Settings(BaseSettings):
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     require_api_key: bool = Field(False, description="Every route but health needs X-API-Key")
+    max_body_bytes: int = Field(
+        8 * 2**20,
+        ge=1024,
+        description="Largest request body accepted (413 beyond): the largest batch, 1,000 queries with "
+        "every field set, is about 0.2 MB; the rest is room for `among` universes (8 kB a query)",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A request head (URL and headers) must arrive within this many seconds of its first "
+        "byte, or of connecting, else the connection is closed with 408: slow-header clients",
+    )
     index_poll_seconds: float = Field(
         10.0, gt=0, description="How often the service checks SQL for a new active index"
+    )
+    database_timeout_seconds: float = Field(
+        5.0, gt=0, description="The longest any SQL call of the service waits (connect, lock, statement)"
     )
 
     @property

@@ -17,13 +17,15 @@ from fascl.settings import Settings, get_settings
 from index import ann
 from index.errors import UnknownTicker
 from index.store import IndexStore
+from service.auth import ApiKeyMiddleware, document_api_keys
 from service.db import make_engine, session_factory
 from service.errors import APIError, install_error_handlers
+from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics
-from service.params import SIMILAR_PARAMETERS, parse_similar_params
-from service.registry import IndexRegistry, Snapshot
-from service.repository import check_api_key
+from service.params import SIMILAR_PARAMETERS, parse_similar_params, parse_ticker
+from service.registry import IndexRegistry, RefreshInProgress, Snapshot, one_line
 from service.schemas import (
+    MAX_OFFSET,
     AssetOut,
     AssetPage,
     DatesOut,
@@ -68,13 +70,16 @@ class DirectRoute(APIRoute):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.sqlalchemy_url)
+    # Every SQL call of the service gives up after database_timeout_seconds: a hanging database
+    # fails a poll, it does not hold threads (queries never need it).
+    engine = make_engine(settings.sqlalchemy_url, timeout_seconds=settings.database_timeout_seconds)
     sessions = session_factory(engine)
     registry = IndexRegistry(
         IndexStore(settings.indexes_dir, keep=settings.index_keep),
         sessions,
         cache_bytes=settings.index_cache_mb * 2**20,
         omp_threads=settings.omp_threads,
+        stuck_after=3 * settings.database_timeout_seconds,
     )
     metrics = ServiceMetrics()
 
@@ -82,7 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI):
         # OpenMP's thread count is per calling thread, and queries run on the event loop's thread.
         ann.set_threads(settings.omp_threads)
-        await asyncio.to_thread(registry.refresh)
+        # Starts without the database too: from the version last served, until a poll reaches it.
+        await asyncio.to_thread(registry.start)
         publish_index_metrics()
 
         async def poll() -> None:
@@ -91,7 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 try:
                     if await asyncio.to_thread(registry.refresh):
                         publish_index_metrics()
-                except Exception:  # keep polling: the database may be back at the next tick
+                except SQLAlchemyError:  # keep polling: the database may be back at the next tick
+                    log.warning("index poll: the database cannot be read (%s)", registry.database_error)
+                except Exception:
                     log.exception("index poll failed")
 
         task = asyncio.create_task(poll())
@@ -109,9 +117,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "and two years of returns, trained so that similarity follows the correlation of future 64-day returns.",
         version="0.1.0",
         lifespan=lifespan,
+        # With keys required the HTML pages are off (a browser cannot send the key header);
+        # /openapi.json stays, behind a read key, for tools.
+        docs_url=None if settings.require_api_key else "/docs",
+        redoc_url=None if settings.require_api_key else "/redoc",
     )
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
     install_error_handlers(app)
+    # Outermost first: metrics see every answer; the key is checked before the body bound, and
+    # both before anything reads the body.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.require_api_key:
+        app.add_middleware(ApiKeyMiddleware, registry=registry)
+        document_api_keys(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def publish_index_metrics() -> None:
@@ -124,29 +142,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ------------------------------------------------------------ dependencies
     # Dependencies are `async def` on purpose: they do no I/O, and a sync dependency would cost a
     # hop to the threadpool on every request (measured: most of the request time).
-    def authorize(request: Request, scope: str) -> None:
-        if not settings.require_api_key:
-            return
-        scopes = check_api_key(registry.api_keys, request.headers.get("x-api-key"))
-        if scopes is None:
-            raise APIError(401, "unauthorized", "a valid X-API-Key header is required", None)
-        if scope not in scopes:
-            raise APIError(
-                403, "forbidden", f"this key lacks the {scope!r} scope", {"scopes": sorted(scopes)}
-            )
-
     def current() -> Snapshot:
         snap = registry.current
         if snap is None:
             detail = registry.last_error or "build one with `fascl index build`"
             raise APIError(503, "no_index", "no index is loaded yet", detail)
         return snap
-
-    def require(scope: str):
-        async def check(request: Request) -> None:
-            authorize(request, scope)
-
-        return Depends(check)
 
     async def snapshot() -> Snapshot:
         return current()
@@ -156,8 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ------------------------------------------------------------------ routes
     async def similar(request: Request) -> Response:
         """The k assets whose future returns the model expects to move most like `ticker`'s after `date`."""
-        authorize(request, "read")
-        ticker = request.path_params["ticker"]
+        ticker = parse_ticker(request.path_params["ticker"])
         return json_response(answer(current(), ticker, **parse_similar_params(request.query_params)))
 
     app.router.add_api_route(
@@ -175,7 +175,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/similar",
         response_model=SimilarBatchResponse,
         tags=["similarity"],
-        dependencies=[require("read")],
         responses=ERRORS,
     )
     def similar_batch(snap: SnapshotDep, batch: SimilarBatch) -> Response:
@@ -196,12 +195,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
         return json_response({"results": items})
 
-    @app.get("/assets", response_model=AssetPage, tags=["assets"], dependencies=[require("read")])
+    @app.get("/assets", response_model=AssetPage, tags=["assets"])
     def assets(
         snap: SnapshotDep,
         q: Annotated[str | None, Query(description="Ticker prefix or part of the name, any case")] = None,
         sector: str | None = None,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> Response:
         """Assets of the served index, searchable by ticker prefix or name."""
@@ -219,18 +218,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/assets/{ticker}",
         response_model=AssetOut,
         tags=["assets"],
-        dependencies=[require("read")],
         responses=ERRORS,
     )
     def asset(snap: SnapshotDep, ticker: str) -> Response:
         """One asset's metadata and the dates it has vectors for."""
         try:
-            aid = snap.reader.asset_id(ticker)
+            aid = snap.reader.asset_id(parse_ticker(ticker))
         except UnknownTicker as exc:
             raise to_api_error(exc) from None
         return json_response(asset_out(snap, aid))
 
-    @app.get("/dates", response_model=DatesOut, tags=["assets"], dependencies=[require("read")])
+    @app.get("/dates", response_model=DatesOut, tags=["assets"])
     def dates(snap: SnapshotDep) -> Response:
         """The indexed trading dates."""
         iso = snap.dates_iso
@@ -251,28 +249,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health/ready", tags=["operations"], responses={503: {"model": ErrorResponse}})
     def ready() -> Response:
-        """An index is loaded and the database answers."""
+        """Ready: an index is loaded, chosen by the database, which answers and whose polls are not stuck.
+        Not ready says why; queries are answered from memory either way while an index is loaded."""
         snap = registry.current
+        health = registry.health()
+        problems = list(health["problems"])
         try:
             with engine.connect() as conn:
                 conn.execute(text("select 1"))
             database = "ok"
-        except Exception as exc:  # noqa: BLE001 - report any database failure as not ready
-            database = f"unreachable: {exc.__class__.__name__}"
+        except SQLAlchemyError as exc:
+            database = f"unreachable ({one_line(exc)})"
+            if registry.database_error is None:
+                problems.append(f"the database cannot be reached ({one_line(exc)})")
         body = {
             "index_version": snap.index_version if snap else None,
             "model_version": snap.model_version if snap else None,
             "newest_date": snap.dates_iso[-1] if snap else None,
+            "index_source": health["index_source"],
             "database": database,
         }
-        if snap is None or database != "ok":
-            detail = {**body, "index_error": registry.last_error}
+        if problems:
+            detail = {**body, "problems": problems, "index_error": health["index_error"]}
             return json_response(
-                {"error": {"code": "not_ready", "message": "not ready", "detail": detail}}, 503
+                {
+                    "error": {
+                        "code": "not_ready",
+                        "message": "not ready: " + "; ".join(problems),
+                        "detail": detail,
+                    }
+                },
+                503,
             )
         return json_response({"status": "ready", **body})
 
-    @app.get("/metrics", tags=["operations"], dependencies=[require("read")])
+    @app.get("/metrics", tags=["operations"])
     def prometheus() -> Response:
         """Prometheus metrics: latency histograms by route and status, index version, newest date's age."""
         snap = registry.current
@@ -283,19 +294,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/admin/reload",
         tags=["operations"],
-        dependencies=[require("admin")],
         responses={503: {"model": ErrorResponse, "description": "The database is unreachable"}},
     )
     def reload() -> Response:
         """Check SQL for the active index version now, and swap to it if it changed."""
         try:
-            swapped = registry.refresh()
+            swapped = registry.refresh(wait=1.0)
+        except RefreshInProgress:  # a poll is waiting on the database: do not queue behind it
+            raise APIError(
+                503,
+                "refresh_in_progress",
+                "another check of the active index version is still waiting for the database; "
+                "the served version is unchanged, retry shortly",
+                registry.database_error,
+            ) from None
         except SQLAlchemyError as exc:  # the served version stays; say why nothing was checked
             raise APIError(
                 503,
                 "database_unavailable",
                 "cannot read the active index version: the database is unreachable; the served version is unchanged",
-                f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}",
+                one_line(exc),
             ) from None
         if swapped:
             publish_index_metrics()

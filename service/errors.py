@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,6 +15,17 @@ from starlette.responses import Response
 from index.errors import IndexCorruptError
 
 log = logging.getLogger("fascl.service")
+
+
+EXCERPT_CHARS = 40
+
+
+def excerpt(value: object) -> str:
+    """A bad value as an error may echo it: quoted, and cut to its first characters when long."""
+    text = str(value)
+    if len(text) <= EXCERPT_CHARS:
+        return repr(text)
+    return f"{text[:EXCERPT_CHARS]!r}... ({len(text):,} characters)"
 
 
 class APIError(Exception):
@@ -49,19 +61,27 @@ def install_error_handlers(app: FastAPI) -> None:
             405: "method_not_allowed",
             401: "unauthorized",
             403: "forbidden",
+            413: "body_too_large",
         }.get(exc.status_code, "http_error")
         message = str(exc.detail)
         if exc.status_code == 400:  # FastAPI's only 400: a body it cannot decode
             message += "; the body must be JSON encoded as UTF-8"
-        return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+        detail = getattr(exc, "error_detail", None)
+        return error_response(exc.status_code, code, message, detail, getattr(exc, "headers", None))
 
     @app.exception_handler(IndexCorruptError)
     async def _corrupt(_request: Request, exc: IndexCorruptError) -> Response:
         # A date of a large version is checked when first loaded: a bad file fails that date's
         # queries (the rest of the version keeps serving) and says which file and how.
+        # The response names the file within the store (version/kind/file); the log has its full path.
         log.error("%s", exc)
-        detail = {"file": exc.path, "problem": exc.problem, "expected": exc.expected, "found": exc.actual}
-        message = f"{exc}; check it with `fascl index verify` and rebuild or activate another version"
+        file = "/".join(Path(exc.path).parts[-3:])
+        detail = {"file": file, "problem": exc.problem, "expected": exc.expected, "found": exc.actual}
+        found = f" (expected {exc.expected}, found {exc.actual})" if exc.expected is not None else ""
+        message = (
+            f"index file {file} is corrupt: {exc.problem}{found}; "
+            "check it with `fascl index verify` and rebuild or activate another version"
+        )
         return error_response(500, "index_corrupt", message, detail)
 
     @app.exception_handler(Exception)

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 from starlette.datastructures import QueryParams
 
-from service.errors import APIError
-from service.schemas import MAX_K
+from service.errors import APIError, excerpt
+from service.schemas import MAX_AMONG, MAX_DATE, MAX_K, MAX_NAME, MAX_TICKER
 
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 SIMILAR_PARAMETERS = [
-    {"name": "ticker", "in": "path", "required": True, "schema": {"type": "string"}, "example": "AAPL"},
+    {
+        "name": "ticker",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TICKER},
+        "example": "AAPL",
+    },
     {
         "name": "date",
         "in": "query",
-        "schema": {"type": "string", "format": "date"},
+        "schema": {"type": "string", "format": "date", "maxLength": MAX_DATE},
         "description": "YYYY-MM-DD; the latest indexed trading date on or before it is used. Default: the newest.",
     },
     {
@@ -32,13 +38,13 @@ SIMILAR_PARAMETERS = [
     {
         "name": "sector",
         "in": "query",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "maxLength": MAX_NAME},
         "description": "Only peers in this sector",
     },
     {
         "name": "exchange",
         "in": "query",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "maxLength": MAX_NAME},
         "description": "Only peers on this exchange",
     },
     {
@@ -56,7 +62,7 @@ SIMILAR_PARAMETERS = [
     {
         "name": "among",
         "in": "query",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "maxLength": MAX_AMONG * (MAX_TICKER + 1)},
         "example": "MSFT,GOOG,AMZN",
         "description": "Only peers among these tickers (comma-separated): a portfolio or tradable universe. "
         "Larger universes go through POST /similar as a list",
@@ -82,15 +88,33 @@ def _bool(params: QueryParams, name: str) -> bool:
         return True
     if value.lower() in FALSE:
         return False
-    raise _invalid(name, f"Input should be a valid boolean (true or false), not {value!r}")
+    raise _invalid(name, f"Input should be a valid boolean (true or false), not {excerpt(value)}")
+
+
+def _text(params: QueryParams, name: str, limit: int) -> str | None:
+    value = params.get(name) or None
+    if value is not None and len(value) > limit:
+        raise _invalid(name, f"Input should have at most {limit} characters, not {excerpt(value)}")
+    return value
+
+
+def parse_ticker(value: str, field: str = "ticker") -> str:
+    """A ticker as asked for: 1 to MAX_TICKER characters (longer is no ticker, and not worth a search)."""
+    if not 0 < len(value) <= MAX_TICKER:
+        raise _invalid(
+            field, f"Input should be a ticker of 1 to {MAX_TICKER} characters, not {excerpt(value)}"
+        )
+    return value
 
 
 def _tickers(value: str | None) -> list[str] | None:
     if not value:
         return None
-    tickers = [t.strip() for t in value.split(",") if t.strip()]
+    tickers = [parse_ticker(t.strip(), "among") for t in value.split(",") if t.strip()]
     if not tickers:
-        raise _invalid("among", f"Input should be comma-separated tickers, not {value!r}")
+        raise _invalid("among", f"Input should be comma-separated tickers, not {excerpt(value)}")
+    if len(tickers) > MAX_AMONG:
+        raise _invalid("among", f"Input should list at most {MAX_AMONG:,} tickers, not {len(tickers):,}")
     return tickers
 
 
@@ -103,23 +127,23 @@ def parse_similar_params(params: QueryParams) -> dict:
         try:
             k = int(k_text)
         except ValueError:
-            raise _invalid("k", f"Input should be a valid integer, not {k_text!r}") from None
+            raise _invalid("k", f"Input should be a valid integer, not {excerpt(k_text)}") from None
         if not 1 <= k <= MAX_K:
-            raise _invalid("k", f"Input should be between 1 and {MAX_K}, not {k}")
+            raise _invalid("k", f"Input should be between 1 and {MAX_K}, not {excerpt(k)}")
     min_text = params.get("min_score")
     min_score = None
     if min_text is not None:
         try:
             min_score = float(min_text)
         except ValueError:
-            raise _invalid("min_score", f"Input should be a valid number, not {min_text!r}") from None
+            raise _invalid("min_score", f"Input should be a valid number, not {excerpt(min_text)}") from None
         if not -1 <= min_score <= 1:
-            raise _invalid("min_score", f"Input should be between -1 and 1, not {min_score}")
+            raise _invalid("min_score", f"Input should be between -1 and 1, not {excerpt(min_text)}")
     return {
-        "date": params.get("date"),
+        "date": _text(params, "date", MAX_DATE),
         "k": k,
-        "sector": params.get("sector") or None,
-        "exchange": params.get("exchange") or None,
+        "sector": _text(params, "sector", MAX_NAME),
+        "exchange": _text(params, "exchange", MAX_NAME),
         "exclude_same_sector": _bool(params, "exclude_same_sector"),
         "min_score": min_score,
         "include_realized": _bool(params, "include_realized"),

@@ -11,13 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import orjson
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from index.query import IndexReader
@@ -110,18 +113,41 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+SERVED_FILE = ".served"  # under the store's root: the version last served from SQL's choice
+
+
+class RefreshInProgress(RuntimeError):
+    """Another refresh holds the registry (a slow or hanging database): nothing was checked."""
+
+
 class IndexRegistry:
-    """Holds the current snapshot and the API key cache; `refresh()` swaps when SQL says so."""
+    """Holds the current snapshot and the API key cache; `refresh()` swaps when SQL says so.
+
+    The database is needed to learn which version to serve, never to answer a query: `start()` falls
+    back to the version last served (or the newest on disk) when SQL cannot be read, and later polls
+    catch up. `health()` says what is served, from where, and whether polls are succeeding."""
 
     def __init__(
-        self, store: IndexStore, sessions: sessionmaker[Session], *, cache_bytes: int, omp_threads: int
+        self,
+        store: IndexStore,
+        sessions: sessionmaker[Session],
+        *,
+        cache_bytes: int,
+        omp_threads: int,
+        stuck_after: float = 30.0,
     ):
         self.store, self.sessions = store, sessions
         self.cache_bytes, self.omp_threads = cache_bytes, omp_threads
+        self.stuck_after = stuck_after
         self.current: Snapshot | None = None
         self.api_keys: dict[str, tuple[str, frozenset[str]]] = {}
+        self.keys_loaded = False
         self.swaps = 0
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the last version that failed to load, and why
+        self.database_error: str | None = None  # why the last read of SQL failed (None: it worked)
+        self.source: str | None = None  # "database": SQL's active version; "disk": a fallback
+        self.refresh_started: float | None = None  # time.monotonic() of the refresh running now
+        self.last_success: float | None = None
         self._lock = threading.Lock()  # one refresh at a time
 
     def wanted_version(self, session: Session) -> str | None:
@@ -131,36 +157,131 @@ class IndexRegistry:
             return row.version
         return self.store.latest_version()
 
-    def refresh(self, *, force: bool = False) -> bool:
-        """Reload API keys; open and swap in the wanted index version if it changed. True if swapped."""
-        with self._lock, self.sessions() as session:
-            self.api_keys = active_key_hashes(session)
-            wanted = self.wanted_version(session)
-            if wanted is None or (
-                not force and self.current is not None and self.current.index_version == wanted
-            ):
-                return False
-            try:
-                # The reader keeps every asset's top-MAX_K peers on the newest date: most queries ask
-                # about the newest date without filters and are then a row lookup, not a search.
-                # verify="lazy": the manifest is checked now and each date's files when that date is
-                # loaded, so one damaged file fails its own date, not the whole version.
-                reader = IndexReader(
-                    wanted,
-                    store=self.store,
-                    verify="lazy",
-                    cache_bytes=self.cache_bytes,
-                    omp_threads=self.omp_threads,
-                    hot_neighbors=MAX_K,
-                )
-                snapshot = build_snapshot(reader, session)
-            except Exception as exc:  # a bad version must not take down the one being served
-                self.last_error = f"cannot load index version {wanted}: {exc}"
-                log.error(self.last_error)
-                return False
+    def start(self) -> None:
+        """The first load: SQL's active version, or, when SQL cannot be read, the version this store
+        last served (else its newest), marked as a fallback until a poll reaches the database."""
+        try:
+            self.refresh()
+            return
+        except SQLAlchemyError:
+            pass  # recorded in database_error by refresh
+        fallback = self._last_served() or self.store.latest_version()
+        if fallback is not None:
+            with self._lock:
+                self._swap_to(fallback, session=None, source="disk")
+
+    def refresh(self, *, force: bool = False, wait: float | None = None) -> bool:
+        """Reload API keys; open and swap in the wanted index version if it changed. True if swapped.
+
+        Raises SQLAlchemyError when SQL cannot be read (recorded in `database_error`), and
+        RefreshInProgress when another refresh holds the registry longer than `wait` seconds."""
+        if not self._lock.acquire(timeout=-1 if wait is None else wait):
+            raise RefreshInProgress("another refresh of the index registry is still waiting for the database")
+        self.refresh_started = time.monotonic()
+        try:
+            with self.sessions() as session:
+                self.api_keys = active_key_hashes(session)
+                self.keys_loaded = True
+                wanted = self.wanted_version(session)
+                self.database_error = None
+                self.last_success = time.monotonic()
+                if wanted is None:
+                    return False
+                if not force and self.source == "database" and self.current.index_version == wanted:
+                    return False
+                # A fallback from disk is reloaded even when it is the right version: its metadata
+                # did not come from SQL.
+                return self._swap_to(wanted, session=session, source="database")
+        except SQLAlchemyError as exc:
+            self.database_error = one_line(exc)
+            raise
+        finally:
+            self.refresh_started = None
+            self._lock.release()
+
+    def _swap_to(self, version: str, *, session: Session | None, source: str) -> bool:
+        """Open `version` and make it current (the caller holds the lock). False if it cannot load."""
+        self.refresh_started = None  # opening a version takes its time; it is not a database wait
+        try:
+            # The reader keeps every asset's top-MAX_K peers on the newest date: most queries ask
+            # about the newest date without filters and are then a row lookup, not a search.
+            # verify="lazy": the manifest is checked now and each date's files when that date is
+            # loaded, so one damaged file fails its own date, not the whole version.
+            reader = IndexReader(
+                version,
+                store=self.store,
+                verify="lazy",
+                cache_bytes=self.cache_bytes,
+                omp_threads=self.omp_threads,
+                hot_neighbors=MAX_K,
+            )
+            snapshot = build_snapshot(reader, session)
+        except SQLAlchemyError:  # the database, not the version: the caller records it
+            raise
+        except Exception as exc:  # a bad version must not take down the one being served
+            # Said to clients without the exception's text, which names files; the log has it.
+            self.last_error = (
+                f"cannot load index version {version} ({exc.__class__.__name__}; see the service log)"
+            )
+            log.error("cannot load index version %s: %s", version, exc)
+            return False
         self.current = snapshot  # one reference assignment: requests see the old or the new, never a mix
+        self.source = source
         self.swaps += 1
         self.last_error = None
+        if source == "database":
+            self._remember(version)
         settle_heap()
-        log.info("serving index version %s (model %s)", snapshot.index_version, snapshot.model_version)
+        log.info(
+            "serving index version %s (model %s) from %s",
+            snapshot.index_version,
+            snapshot.model_version,
+            "the database's choice" if source == "database" else "disk, the database being unreachable",
+        )
         return True
+
+    def health(self) -> dict:
+        """What readiness reports: problems (empty when ready) and the facts behind them."""
+        problems = []
+        if self.current is None:
+            problems.append("no index version is loaded")
+        if self.database_error is not None:
+            problems.append(f"the database cannot be read ({self.database_error})")
+        started = self.refresh_started
+        if started is not None and time.monotonic() - started > self.stuck_after:
+            problems.append(f"a poll of the database has been waiting for {time.monotonic() - started:.0f} s")
+        if self.source == "disk":
+            problems.append("serving the last known version from disk until the database answers")
+        return {"problems": problems, "index_source": self.source, "index_error": self.last_error}
+
+    # The version last served by SQL's choice, kept beside the versions so that a start without the
+    # database serves what was served before rather than an unactivated newer build.
+    def _remember(self, version: str) -> None:
+        path = self.store.root / SERVED_FILE
+        try:
+            tmp = path.with_name(f"{SERVED_FILE}.{os.getpid()}.tmp")
+            tmp.write_text(version + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only store still serves; the fallback is then the newest
+            log.warning("cannot record the served version: %s", exc)
+
+    def _last_served(self) -> str | None:
+        try:
+            version = (self.store.root / SERVED_FILE).read_text().strip()
+        except OSError:
+            return None
+        return version if (self.store.root / version / "manifest.json").is_file() else None
+
+
+def one_line(exc: Exception) -> str:
+    """An exception's class and first line, without connection details (host, database name, user)."""
+    original = getattr(exc, "orig", None) or exc
+    kind = original.__class__.__name__
+    text = str(original).splitlines()[0] if str(original) else ""
+    if "timeout" in text.lower() or "timed out" in text.lower() or "canceling statement" in text.lower():
+        return f"{kind}: timed out"
+    if "connection" in text.lower() or "connect" in text.lower():
+        return f"{kind}: cannot connect"
+    if "locked" in text.lower():
+        return f"{kind}: database is locked"
+    return kind

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_K = 100
+# Bounds of request fields: generous for real values, and what keeps a hostile one cheap to refuse.
+MAX_TICKER = 32
+MAX_NAME = 100  # a sector or an exchange
+MAX_DATE = 32
+MAX_AMONG = 20_000
+MAX_OFFSET = 2**31 - 1
 
 
 class QueryInfo(BaseModel):
@@ -74,16 +82,18 @@ class SimilarQuery(BaseModel):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"ticker": "AAPL", "date": "2016-06-30", "k": 5}]}
     )
-    ticker: str
-    date: str | None = Field(None, description="YYYY-MM-DD; default the newest indexed date")
+    ticker: str = Field(min_length=1, max_length=MAX_TICKER)
+    date: str | None = Field(
+        None, max_length=MAX_DATE, description="YYYY-MM-DD; default the newest indexed date"
+    )
     k: int = Field(10, ge=1, le=MAX_K)
-    sector: str | None = None
-    exchange: str | None = None
+    sector: str | None = Field(None, max_length=MAX_NAME)
+    exchange: str | None = Field(None, max_length=MAX_NAME)
     exclude_same_sector: bool = False
     min_score: float | None = Field(None, ge=-1, le=1)
     include_realized: bool = False
-    among: list[str] | None = Field(
-        None, min_length=1, max_length=20_000, description="Only peers among these tickers"
+    among: list[Annotated[str, Field(min_length=1, max_length=MAX_TICKER)]] | None = Field(
+        None, min_length=1, max_length=MAX_AMONG, description="Only peers among these tickers"
     )
 
 

@@ -17,8 +17,10 @@ from index.errors import (
     UnknownTickers,
 )
 from model.targets import HORIZON, future_returns, pearson_matrix
-from service.errors import APIError
+from service.errors import APIError, excerpt
 from service.registry import Snapshot
+
+UNKNOWN_LISTED = 20
 
 
 def parse_date(value: str | None) -> dt.date | None:
@@ -28,7 +30,7 @@ def parse_date(value: str | None) -> dt.date | None:
         return dt.date.fromisoformat(value)
     except ValueError:
         raise APIError(
-            422, "invalid_date", f"date {value!r} is not a valid YYYY-MM-DD date", {"date": value}
+            422, "invalid_date", f"date {excerpt(value)} is not a valid YYYY-MM-DD date", {"date": value[:40]}
         ) from None
 
 
@@ -51,7 +53,12 @@ def to_api_error(exc: QueryError) -> APIError:
     if isinstance(exc, UnknownSector):
         return APIError(422, "unknown_sector", str(exc), {"sector": exc.value, "valid": exc.valid})
     if isinstance(exc, UnknownTickers):
-        detail = {"unknown": exc.values, "close_matches": exc.suggestions}
+        # A long universe of unknown tickers names the first few: the answer stays small.
+        detail = {
+            "unknown": exc.values[:UNKNOWN_LISTED],
+            "unknown_count": len(exc.values),
+            "close_matches": {t: m for t, m in exc.suggestions.items() if t in exc.values[:UNKNOWN_LISTED]},
+        }
         return APIError(422, "unknown_tickers", str(exc), detail)
     if isinstance(exc, UnknownExchange):
         return APIError(422, "unknown_exchange", str(exc), {"exchange": exc.value, "valid": exc.valid})

@@ -36,6 +36,8 @@ def serve(
     """Serve GET /similar/{ticker} and friends from the active index version."""
     import uvicorn
 
+    from service.connection import GuardedHttpToolsProtocol
+
     settings = get_settings()
     threads = omp_threads or settings.omp_threads
     workers = workers or settings.workers
@@ -53,6 +55,7 @@ def serve(
             workers=workers,
             log_level=log_level,
             access_log=False,  # a log line per request costs more than the query; /metrics has the counts
+            http=GuardedHttpToolsProtocol,  # request heads must arrive in time and within a size
         )
     finally:
         if shared is not None and not given:
