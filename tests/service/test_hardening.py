@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, make_url, text
 
 from fascl.settings import Settings
 from index.store import IndexStore
@@ -104,6 +105,33 @@ def test_numbers_beyond_64_bits_are_refused_with_the_error_shape(client, panel):
         422,
         "invalid_request",
     )
+
+
+def test_no_body_names_a_path_or_the_database(deployment, panel, postgres_url, tmp_path):
+    """The store's paths, the database host and its name go to the log, never into a response."""
+    settings = deploy(deployment, panel, postgres_url)
+    url = make_url(postgres_url)
+    secrets = [str(deployment.home), str(tmp_path), url.host, url.database]
+    with TestClient(create_app(settings)) as client:
+        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{url.database}" WITH (FORCE)'))
+        admin.dispose()
+        bodies = [client.get("/health/ready"), client.post("/admin/reload")]
+        assert [b.status_code for b in bodies] == [503, 503]
+    # a store whose only version is damaged: no index, and the reason names no path
+    home = tmp_path / "home"
+    shutil.copytree(deployment.home / "indexes", home / "indexes")
+    version = home / "indexes" / deployment.versions[0]
+    (version / "manifest.json").write_text("{broken")
+    sqlite = f"sqlite:///{tmp_path / 'fascl.db'}"
+    upgrade(sqlite)
+    with TestClient(create_app(Settings(home=home, database_url=sqlite, index_poll_seconds=3600))) as client:
+        bodies += [client.get("/health/ready"), client.get(f"/similar/{panel.tickers[0]}")]
+        assert [b.status_code for b in bodies[2:]] == [503, 503]
+    for response in bodies:
+        for secret in secrets + [str(home)]:
+            assert secret not in response.text, (secret, response.text)
 
 
 def test_a_corrupt_file_is_named_within_the_store(deployment, panel, tmp_path, monkeypatch):
