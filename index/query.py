@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import difflib
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -50,6 +51,8 @@ HOT_NEIGHBORS = 50
 # An `among` universe (with any sector / exchange filter) that leaves at most this many assets is
 # answered by one product with their vectors; wider ones by a faiss search with an id selector.
 AMONG_EXACT_MAX = 1024
+# Memory bound of the cache of `among` universes (each one a mask and a bitmap over the assets).
+AMONG_CACHE_BYTES = 32 * 2**20
 _tuple_new = tuple.__new__
 
 
@@ -124,6 +127,10 @@ class _Filter:
         self.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(self.bits))
         self.size = int(mask.sum())
 
+    @property
+    def nbytes(self) -> int:
+        return self.mask.nbytes + self.bits.nbytes + 256  # + the objects around them, roughly
+
 
 def _to_date(value) -> dt.date:
     if isinstance(value, dt.datetime):  # before date: datetime (and pd.Timestamp) is a date subclass
@@ -187,7 +194,8 @@ class IndexReader:
         self._dates: list[dt.date] = [dt.date.fromisoformat(d) for d in m["dates"]]
         self._ordinals: list[int] = [d.toordinal() for d in self._dates]
         self._filters: dict[tuple, _Filter | None] = {}
-        self._universes: dict[tuple, _Filter] = {}  # insertion order: the oldest goes first
+        self._universes: OrderedDict[bytes, _Filter] = OrderedDict()  # least recently used first
+        self._universe_bytes = 0
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
         self._cache_used = 0
         self._lock = threading.Lock()  # cache bookkeeping
@@ -345,6 +353,8 @@ class IndexReader:
                 "cached_dates": [self._dates[p].isoformat() for p in self._cache],
                 "bytes": self._cache_used,
                 "limit_bytes": self.cache_bytes,
+                "universes": len(self._universes),
+                "universe_bytes": self._universe_bytes,
                 **self.stats,
             }
 
@@ -439,21 +449,31 @@ class IndexReader:
 
     def _universe(self, tickers: Iterable[str]) -> _Filter:
         """The filter of a peer universe; UnknownTickers for any ticker not indexed. Cached: a desk
-        sends the same universe with every query."""
-        key = (tickers,) if isinstance(tickers, str) else tuple(tickers)
-        cached = self._universes.get(key)
-        if cached is not None:
-            return cached
-        ids = [self._lookup(t) for t in key]
-        unknown = [t for t, i in zip(key, ids, strict=True) if i is None]
+        sends the same universe with every query. The key is a digest of the universe's sorted,
+        distinct asset ids, so the list as sent (its order, repeats, length) is never kept, and the
+        cache is bounded in bytes (AMONG_CACHE_BYTES), the least recently used going first."""
+        names = [tickers] if isinstance(tickers, str) else list(tickers)
+        ids = [self._lookup(t) for t in names]
+        unknown = [t for t, i in zip(names, ids, strict=True) if i is None]
         if unknown:
             raise UnknownTickers(unknown, {t: self._close_matches(t, 3) for t in unknown[:20]})
+        assets = np.unique(np.asarray(ids, dtype=np.int64))
+        key = hashlib.blake2b(assets.tobytes(), digest_size=16).digest()
+        with self._lock:
+            cached = self._universes.get(key)
+            if cached is not None:
+                self._universes.move_to_end(key)
+                return cached
         mask = np.zeros(len(self._tickers), dtype=bool)
-        mask[ids] = True
+        mask[assets] = True
         flt = _Filter(mask)
-        if len(self._universes) >= 256:
-            self._universes.pop(next(iter(self._universes)))
-        self._universes[key] = flt
+        with self._lock:
+            if key not in self._universes:
+                self._universes[key] = flt
+                self._universe_bytes += flt.nbytes
+                while self._universe_bytes > AMONG_CACHE_BYTES and len(self._universes) > 1:
+                    _, old = self._universes.popitem(last=False)
+                    self._universe_bytes -= old.nbytes
         return flt
 
     def _among(self, entry, aid: int, k: int, mask: np.ndarray, min_score: float | None) -> list[Neighbor]:
