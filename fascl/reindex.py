@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fascl.retention import LEFTOVER_AGE_SECONDS, prune_after_activation
 from fascl.settings import Settings
+from fascl.stages import reached
 from index.build import build_version
 from index.store import IndexStore
 from market.panel import Panel
@@ -141,6 +142,7 @@ def _reindex(settings, factory, model, data, source, assets, keep_days, console)
     old = store.open_version(current_path.name) if current_path and current_path.exists() else None
 
     panel_path = data or (Path(old.manifest["data"]["source"]) if old else settings.panel_path())
+    reached("ingest", console)
     if source is not None:
         from market.importers import import_dataset
 
@@ -166,11 +168,20 @@ def _reindex(settings, factory, model, data, source, assets, keep_days, console)
     started = time.perf_counter()
     # Incremental: the active version's unchanged dates are taken over, only new or corrected ones embedded.
     result = build_version(
-        checkpoint, panel, start=start, store=store, data_source=str(panel_path), console=console, reuse=old
+        checkpoint,
+        panel,
+        start=start,
+        store=store,
+        data_source=str(panel_path),
+        console=console,
+        reuse=old,
+        on_stage=lambda stage: reached(stage, console),
     )
+    reached("activate", console)
     with session_scope(factory) as session:
         load_assets(session, panel, panel_path.name)
         register_index(session, store.open_version(result.version), activate=True)
+    reached("prune", console)
     with session_scope(factory) as session:  # only once the activation is committed
         pruned = prune_after_activation(session, store)
     message = (

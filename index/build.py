@@ -170,6 +170,7 @@ def build_version(
     on_date: Callable[[str, int], None] | None = None,
     reuse: IndexVersion | None = None,
     neighbors: int = NEIGHBORS,
+    on_stage: Callable[[str], None] | None = None,
 ) -> BuildResult:
     """Embed, index and publish the dates of `panel` in [start, end] with `checkpoint`.
 
@@ -179,7 +180,10 @@ def build_version(
     (fascl.retention), since only it knows which versions are served. `keep` sets the store's
     retention for that later prune (default FASCL_INDEX_KEEP).
     `reuse`: an earlier version whose unchanged dates are taken over rather than embedded again.
-    `neighbors`: K of each date's stored top-K table (0: none)."""
+    `neighbors`: K of each date's stored top-K table (0: none). `on_stage(name)` is called on
+    reaching "embed" (embedding starts), "write" (the first date embedded here is written, not yet
+    durable) and "publish" (about to publish)."""
+    on_stage = on_stage or (lambda stage: None)
     started = time.perf_counter()
     params = params or ann.AnnParams()
     console = console or Console(quiet=not progress)
@@ -242,6 +246,7 @@ def build_version(
     if reused:
         console.print(f"reusing {reused} unchanged dates of {reuse.version}")
     todo = [int(p) for p, d in zip(positions, day, strict=True) if d not in records]
+    on_stage("embed")
     columns = (
         TextColumn("[bold]embed+index"),
         BarColumn(),
@@ -272,6 +277,8 @@ def build_version(
                     window=digests[date],
                     neighbors=neighbors_of(vectors, ids, neighbors),
                 )
+                if vectors_done == 0:
+                    on_stage("write")
                 vectors_done += len(ids)
                 bar.update(task, advance=1, vectors=vectors_done)
                 if time.monotonic() - last_commit > COMMIT_SECONDS:
@@ -317,6 +324,7 @@ def build_version(
             "host_time": dt.datetime.now().isoformat(timespec="seconds"),
         },
     }
+    on_stage("publish")
     try:
         published = store.publish(staging, manifest, records)
     finally:

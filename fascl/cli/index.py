@@ -89,11 +89,13 @@ def build(
     # 64 trading days of history before --from; ~2.5 calendar days per trading day is ample.
     load_from = None if from_ is None else pd.Timestamp(from_) - pd.Timedelta(days=160)
     from fascl.retention import LEFTOVER_AGE_SECONDS
+    from fascl.stages import reached
 
     path, panel = load_panel_or_exit(data, console, start=load_from, end=to)
     store = _store()
     for leftover in store.remove_leftovers(LEFTOVER_AGE_SECONDS):
         console.print(f"removed {leftover} (left by an interrupted job)", style="dim")
+    reached("ingest", console)
     source = None
     if reuse != "none" and (reuse != "latest" or store.latest_version() is not None):
         from index.errors import IndexStoreError
@@ -118,6 +120,7 @@ def build(
             progress=progress,
             reuse=source,
             neighbors=neighbors,
+            on_stage=lambda stage: reached(stage, console),
         )
     except (CheckpointError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -142,7 +145,9 @@ def build(
             "serves it, and the next activated build prunes"
         )
         return
+    reached("activate", console)
     _activate(store, result.version)
+    reached("prune", console)
     _prune(store)
 
 
