@@ -11,13 +11,14 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.routing import APIRoute
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from fascl.settings import Settings, get_settings
 from index import ann
 from index.errors import UnknownTicker
 from index.store import IndexStore
 from service.auth import ApiKeyMiddleware, document_api_keys
+from service.connection import document_head_limits
 from service.db import make_engine, session_factory
 from service.errors import APIError, install_error_handlers
 from service.limits import BodyLimitMiddleware
@@ -25,6 +26,7 @@ from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.params import SIMILAR_PARAMETERS, parse_similar_params, parse_ticker
 from service.registry import IndexRegistry, RefreshInProgress, Snapshot, one_line
 from service.schemas import (
+    MAX_NAME,
     MAX_OFFSET,
     AssetOut,
     AssetPage,
@@ -130,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.require_api_key:
         app.add_middleware(ApiKeyMiddleware, registry=registry)
         document_api_keys(app)
+    document_head_limits(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def publish_index_metrics() -> None:
@@ -198,8 +201,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/assets", response_model=AssetPage, tags=["assets"])
     def assets(
         snap: SnapshotDep,
-        q: Annotated[str | None, Query(description="Ticker prefix or part of the name, any case")] = None,
-        sector: str | None = None,
+        q: Annotated[
+            str | None, Query(max_length=MAX_NAME, description="Ticker prefix or part of the name, any case")
+        ] = None,
+        sector: Annotated[str | None, Query(max_length=MAX_NAME)] = None,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> Response:
@@ -283,7 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return json_response({"status": "ready", **body})
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def prometheus() -> Response:
         """Prometheus metrics: latency histograms by route and status, index version, newest date's age."""
         snap = registry.current

@@ -20,6 +20,31 @@ from fascl.settings import get_settings
 MAX_HEAD_BYTES = 64 * 1024  # the URL and every header together: 64 kB is far above any real request
 
 
+def document_head_limits(app) -> None:
+    """Declare the protocol's refusals (408, 431; plain text) on every operation of `app`'s OpenAPI
+    document: they can answer any request, before the application sees it."""
+    plain = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = plain()
+        text = {"text/plain": {"schema": {"type": "string"}}}
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                responses = operation["responses"]
+                responses.setdefault(
+                    "408", {"description": "The request head arrived too slowly", "content": text}
+                )
+                responses.setdefault(
+                    "431",
+                    {"description": f"The request head is over {MAX_HEAD_BYTES:,} bytes", "content": text},
+                )
+        return schema
+
+    app.openapi = openapi
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.datastructures import QueryParams
 
 from service.errors import APIError, excerpt
-from service.schemas import MAX_AMONG, MAX_DATE, MAX_K, MAX_NAME, MAX_TICKER
+from service.schemas import MAX_AMONG_QUERY, MAX_DATE, MAX_K, MAX_NAME, MAX_TICKER
 
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -62,7 +62,7 @@ SIMILAR_PARAMETERS = [
     {
         "name": "among",
         "in": "query",
-        "schema": {"type": "string", "maxLength": MAX_AMONG * (MAX_TICKER + 1)},
+        "schema": {"type": "string", "maxLength": MAX_AMONG_QUERY},
         "example": "MSFT,GOOG,AMZN",
         "description": "Only peers among these tickers (comma-separated): a portfolio or tradable universe. "
         "Larger universes go through POST /similar as a list",
@@ -110,16 +110,27 @@ def parse_ticker(value: str, field: str = "ticker") -> str:
 def _tickers(value: str | None) -> list[str] | None:
     if not value:
         return None
+    if len(value) > MAX_AMONG_QUERY:
+        raise _invalid(
+            "among",
+            f"Input should have at most {MAX_AMONG_QUERY:,} characters, not {len(value):,}; "
+            "send a larger universe through POST /similar as a list",
+        )
     tickers = [parse_ticker(t.strip(), "among") for t in value.split(",") if t.strip()]
     if not tickers:
         raise _invalid("among", f"Input should be comma-separated tickers, not {excerpt(value)}")
-    if len(tickers) > MAX_AMONG:
-        raise _invalid("among", f"Input should list at most {MAX_AMONG:,} tickers, not {len(tickers):,}")
     return tickers
+
+
+QUERY_NAMES = [p["name"] for p in SIMILAR_PARAMETERS if p["in"] == "query"]
 
 
 def parse_similar_params(params: QueryParams) -> dict:
     """Keyword arguments for service.similar.answer, or a 422 APIError naming the field."""
+    if len(params) != len(params.multi_items()):  # a parameter given twice: which one was meant?
+        for name in QUERY_NAMES:
+            if len(params.getlist(name)) > 1:
+                raise _invalid(name, "Input should be given once, not repeated")
     k_text = params.get("k")
     if k_text is None:
         k = 10

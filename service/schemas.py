@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_K = 100
 # Bounds of request fields: generous for real values, and what keeps a hostile one cheap to refuse.
@@ -12,6 +12,7 @@ MAX_TICKER = 32
 MAX_NAME = 100  # a sector or an exchange
 MAX_DATE = 32
 MAX_AMONG = 20_000
+MAX_AMONG_QUERY = 32_768  # GET's comma-separated universe, in characters: it must fit in a request head
 MAX_OFFSET = 2**31 - 1
 
 
@@ -78,15 +79,25 @@ class SimilarResponse(BaseModel):
     results: list[Peer]
 
 
+def whole_number(value: object) -> object:
+    """5.0 is the integer 5 in JSON (and to JSON Schema); 5.5, "5" and true are still refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class SimilarQuery(BaseModel):
+    # Strict: a value of another type than documented (k as "5", a boolean as 0) is refused, not coerced.
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"ticker": "AAPL", "date": "2016-06-30", "k": 5}]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"ticker": "AAPL", "date": "2016-06-30", "k": 5}]},
     )
     ticker: str = Field(min_length=1, max_length=MAX_TICKER)
     date: str | None = Field(
         None, max_length=MAX_DATE, description="YYYY-MM-DD; default the newest indexed date"
     )
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: Annotated[int, BeforeValidator(whole_number)] = Field(10, ge=1, le=MAX_K)
     sector: str | None = Field(None, max_length=MAX_NAME)
     exchange: str | None = Field(None, max_length=MAX_NAME)
     exclude_same_sector: bool = False
@@ -98,7 +109,7 @@ class SimilarQuery(BaseModel):
 
 
 class SimilarBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     queries: list[SimilarQuery] = Field(min_length=1, max_length=1000)
 
 
