@@ -80,7 +80,10 @@ def run_reindex(
         engine.dispose()
         first_line = str(exc).splitlines()[0]
         return ReindexOutcome(
-            "failed", None, 0, f"the database is unreachable ({first_line}); nothing was changed"
+            "failed",
+            None,
+            0,
+            f"the database is unreachable or not migrated (`fascl db upgrade`) ({first_line}); nothing was changed",
         )
     try:
         outcome = _reindex(settings, factory, model, data, source, assets, keep_days, console)
@@ -92,6 +95,17 @@ def run_reindex(
         run.dates_added, run.message, run.finished_at = outcome.dates_added, outcome.message, utcnow()
     engine.dispose()
     return outcome
+
+
+def recent_runs(settings: Settings, limit: int = 20) -> list[ReindexRun]:
+    """The newest `limit` runs, newest first, after marking the abandoned ones."""
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(session_factory(engine)) as session:
+            mark_abandoned_runs(session)
+            return list(session.scalars(select(ReindexRun).order_by(ReindexRun.id.desc()).limit(limit)))
+    finally:
+        engine.dispose()
 
 
 def process_exists(pid: int) -> bool:

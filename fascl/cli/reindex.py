@@ -38,6 +38,9 @@ def reindex(
     every_day_at: Annotated[
         str | None, typer.Option(help="Run forever, once a day at this UTC time (HH:MM)")
     ] = None,
+    status: Annotated[
+        bool, typer.Option("--status", help="List the recent runs (marking abandoned ones) and exit")
+    ] = False,
 ) -> None:
     """Index the dates the active version lacks, publish atomically and make the new version active.
 
@@ -45,6 +48,9 @@ def reindex(
     from fascl.reindex import next_run, run_reindex
 
     settings = get_settings()
+    if status:
+        _print_runs(settings)
+        return
     while True:
         if every_day_at is not None:
             try:
@@ -71,3 +77,37 @@ def reindex(
             if outcome.status == "failed":
                 raise typer.Exit(1)
             return
+
+
+def _print_runs(settings, limit: int = 20) -> None:
+    from rich.table import Table
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fascl.reindex import recent_runs
+
+    try:
+        runs = recent_runs(settings, limit)
+    except SQLAlchemyError as exc:
+        console.print(
+            f"[red]cannot read reindex_runs: the database is unreachable or not migrated "
+            f"(`fascl db upgrade`) ({str(exc).splitlines()[0]})[/]"
+        )
+        raise typer.Exit(1) from None
+    if not runs:
+        console.print("no reindex runs recorded")
+        return
+    table = Table(title=f"the last {limit} reindex runs, newest first")
+    for column in ("id", "started", "finished", "status", "version", "dates added", "process", "message"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            str(run.id),
+            f"{run.started_at:%Y-%m-%d %H:%M:%S}",
+            f"{run.finished_at:%Y-%m-%d %H:%M:%S}" if run.finished_at else "-",
+            run.status,
+            run.index_version or "-",
+            str(run.dates_added),
+            f"{run.pid} on {run.host}" if run.pid else "-",
+            run.message,
+        )
+    console.print(table)

@@ -200,3 +200,32 @@ def test_runs_left_running_by_a_dead_process_are_marked_abandoned(tmp_path, data
     assert f"pid {dead.pid} on {host}" in runs[0].message and runs[0].finished_at is not None
     assert runs[-1].pid == os.getpid() and runs[-1].host == host
     engine.dispose()
+
+
+def test_reindex_status_lists_recent_runs_with_the_abandoned_ones_marked(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fascl.cli.main import app
+    from fascl.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'fascl.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with session_scope(session_factory(engine)) as session:
+        session.add(ReindexRun(status="succeeded", index_version="v-1", dates_added=3, message="indexed"))
+        session.add(ReindexRun(status="running", pid=dead.pid, host=socket.gethostname()))
+    engine.dispose()
+    monkeypatch.setenv("FASCL_HOME", str(tmp_path))
+    monkeypatch.setenv("FASCL_DATABASE_URL", url)
+    monkeypatch.setenv("COLUMNS", "200")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["reindex", "--status"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any("abandoned" in line and str(dead.pid) in line for line in lines), result.output
+    assert any("succeeded" in line and "v-1" in line for line in lines), result.output
