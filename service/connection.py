@@ -5,8 +5,8 @@ sending one header byte a second holds its connection (and a file descriptor) fo
 likes, and the URL and headers it sends are buffered without a bound. This protocol closes a
 connection whose head is not complete within FASCL_HEADER_TIMEOUT_SECONDS of its first byte (or of
 connecting), answering 408, and one whose head passes MAX_HEAD_BYTES, answering 431. Everything
-else is uvicorn's httptools protocol unchanged. Behind a reverse proxy (docker/nginx.conf) the
-proxy enforces the same; this is what the service does on its own.
+else is uvicorn's httptools protocol unchanged. A reverse proxy in front may add its own limits;
+this is what the service does on its own.
 """
 
 from __future__ import annotations
