@@ -26,7 +26,7 @@ from fascl.settings import Settings
 from fascl.stages import reached
 from index.build import build_version
 from index.store import IndexStore
-from market.panel import Panel
+from market.panel import Panel, restore_interrupted_save
 from service.db import make_engine, session_factory, session_scope
 from service.models import ReindexRun, utcnow
 from service.repository import active_index, load_assets, register_index
@@ -156,6 +156,7 @@ def _reindex(settings, factory, model, data, source, assets, keep_days, console)
     old = store.open_version(current_path.name) if current_path and current_path.exists() else None
 
     panel_path = data or (Path(old.manifest["data"]["source"]) if old else settings.panel_path())
+    restore_interrupted_save(panel_path)  # a re-import killed mid-save: its metadata is read below
     reached("ingest", console)
     if source is not None:
         from market.importers import import_dataset

@@ -52,6 +52,23 @@ def normalize_metadata(tickers: np.ndarray, assets: pd.DataFrame | None) -> pd.D
     return meta
 
 
+def _moved_aside(path: Path) -> Path:
+    """Where Panel.save moves the previous panel while it renames the new one into place."""
+    return path.with_name(f".{path.name}.old")
+
+
+def restore_interrupted_save(path: str | Path) -> bool:
+    """Put back the previous panel of a save killed between its two renames (old aside, new in),
+    which left nothing at `path`; returns whether it did. The interrupted save is lost, as any
+    interrupted write is."""
+    path = Path(path)
+    aside = _moved_aside(path)
+    if path.exists() or not (aside / "bars.parquet").exists():
+        return False
+    aside.rename(path)
+    return True
+
+
 @dataclass
 class Panel:
     dates: np.ndarray  # datetime64[D], strictly increasing
@@ -201,6 +218,7 @@ class Panel:
         the panel directory inside the same atomic step (e.g. an import report)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        restore_interrupted_save(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             self.to_long().to_parquet(tmp / "bars.parquet", index=False, compression="zstd")
@@ -226,7 +244,7 @@ class Panel:
                     os.fsync(fh.fileno())
             old = None
             if path.exists():
-                old = path.with_name(f".{path.name}.old")
+                old = _moved_aside(path)
                 shutil.rmtree(old, ignore_errors=True)
                 path.rename(old)
             tmp.rename(path)
@@ -241,6 +259,7 @@ class Panel:
     def load(cls, path: str | Path, *, clean: bool = True, start=None, end=None) -> Panel:
         """Read a saved panel; `clean` applies its recorded corrections (market.cleaning)."""
         path = Path(path)
+        restore_interrupted_save(path)
         bars_file = path / "bars.parquet"
         if not bars_file.exists():
             raise PanelError(

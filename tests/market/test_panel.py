@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,3 +92,34 @@ def test_inconsistent_shapes_and_duplicates_are_refused():
         Panel(panel.dates[:-1], panel.tickers, panel.values)
     with pytest.raises(PanelError, match="unique"):
         Panel(panel.dates, ["A"] * panel.n_assets, panel.values)
+
+
+def test_a_save_killed_between_its_two_renames_leaves_the_previous_panel_readable(tmp_path):
+    """Panel.save moves the old directory aside, then renames the new one into place; a process killed
+    between the two leaves no panel at the path. The next load or save puts the old one back."""
+    import subprocess
+    import sys
+
+    panel = make_panel()
+    panel.save(tmp_path / "p")
+    script = f"""
+import os, signal
+from pathlib import Path
+from tests.market.test_panel import make_panel
+real = Path.rename
+def rename(self, target):
+    done = real(self, target)
+    if Path(target).name == ".p.old":
+        os.kill(os.getpid(), signal.SIGKILL)  # between moving the old panel aside and the new one in
+    return done
+Path.rename = rename
+make_panel(seed=1).save({str(tmp_path / "p")!r})
+"""
+    killed = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2])
+    assert killed.returncode == -9
+    assert not (tmp_path / "p").exists()  # the window this test is about
+    loaded = Panel.load(tmp_path / "p")
+    assert loaded.fingerprint() == panel.fingerprint()
+    make_panel(seed=2).save(tmp_path / "p")
+    assert Panel.load(tmp_path / "p").fingerprint() == make_panel(seed=2).fingerprint()
+    assert not (tmp_path / ".p.old").exists()
