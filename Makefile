@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export FASCL_HOME ?= var
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow reliability lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,20 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
+
+# The reliability suite at its full level (tests/reliability; `make test` runs its fast level): a real
+# `fascl serve` on a real index, on SQLite and PostgreSQL, under load, faults and a 10-minute soak
+# (about 30 minutes in all). Writes docs/RELIABILITY.md (and docs/reliability-soak.png) even when a
+# scenario fails, and exits with pytest's status. Needs wrk (apt-get install wrk) and PostgreSQL.
+RELIABILITY_RESULTS ?= var/reliability/results.jsonl
+reliability: $(STAMP)
+	mkdir -p $(dir $(RELIABILITY_RESULTS)) docs
+	rm -f $(RELIABILITY_RESULTS)
+	FASCL_RELIABILITY=full FASCL_RELIABILITY_RESULTS=$(abspath $(RELIABILITY_RESULTS)) \
+	    $(BIN)/python -m pytest tests/reliability -m reliability -q -rA -p no:cacheprovider; \
+	status=$$?; \
+	$(BIN)/python bench/reliability_report.py $(RELIABILITY_RESULTS) --out docs/RELIABILITY.md; \
+	exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -57,15 +57,28 @@ def _require_postgres() -> None:
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """An empty database of each kind (as tests/databases.py), PostgreSQL required at the full level."""
-    if request.param == "sqlite":
+def database_for(kind: str, tmp_path: Path):
+    """Yield the URL of an empty database of `kind` (as tests/databases.py): a SQLite file under
+    `tmp_path`, or a fresh PostgreSQL database dropped after; PostgreSQL is required at the full level.
+
+    A module whose fast level runs on one backend overrides `database_url` with its own params:
+
+        @pytest.fixture(params=level(["sqlite"], ["sqlite", "postgresql"]))
+        def database_url(request, tmp_path):
+            yield from database_for(request.param, tmp_path)
+    """
+    if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'fascl.db'}"
     else:
         if FULL:
             _require_postgres()
         yield from _postgres_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """An empty database of each kind, at both levels."""
+    yield from database_for(request.param, tmp_path)
 
 
 @pytest.fixture(scope="session")

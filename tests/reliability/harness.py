@@ -62,6 +62,8 @@ FASCL = [sys.executable, "-m", "fascl.cli.main"]
 FULL = os.environ.get("FASCL_RELIABILITY", "").strip().lower() == "full"
 MODE = "full" if FULL else "fast"
 RESULTS_ENV = "FASCL_RELIABILITY_RESULTS"
+# Figures the full level writes beside docs/RELIABILITY.md (e.g. the soak's RSS plot).
+DOCS = Path(os.environ.get("FASCL_RELIABILITY_DOCS", REPO / "docs"))
 
 
 def level(fast, full):
@@ -434,8 +436,9 @@ class Answer:
 class LoadClient(threading.Thread):
     """A Python client in a thread: GET /similar over `paths`, and every `batch_every`-th request a
     POST /similar of `batch_size` queries over `tickers` x (newest, `dates`). Every answer is kept as
-    an Answer (`answers`); a batch whose items name more than one version counts in `mixed_batches`.
-    `pause` seconds between requests (0: as fast as it goes)."""
+    an Answer (`answers`), or with keep=False only counted (`statuses`) and timed (`latencies`, 200s);
+    a batch whose items name more than one version counts in `mixed_batches`. `pause` seconds
+    between requests (0: as fast as it goes)."""
 
     def __init__(
         self,
@@ -449,14 +452,24 @@ class LoadClient(threading.Thread):
         pause: float = 0.0,
         seed: int = 1,
         timeout: float = 10.0,
+        keep: bool = True,
     ):
         super().__init__(daemon=True)
         self.base_url, self.paths, self.tickers, self.dates = base_url, paths, tickers, dates
         self.batch_every, self.batch_size, self.pause = batch_every, batch_size, pause
-        self.seed, self.timeout = seed, timeout
+        self.seed, self.timeout, self.keep = seed, timeout, keep
         self.halt = threading.Event()
         self.answers: list[Answer] = []
+        self.statuses: dict[int | str, int] = {}
+        self.latencies: list[float] = []
         self.mixed_batches = 0
+
+    def _record(self, answer: Answer) -> None:
+        self.statuses[answer.status] = self.statuses.get(answer.status, 0) + 1
+        if answer.ok:
+            self.latencies.append(answer.seconds)
+        if self.keep:
+            self.answers.append(answer)
 
     def stop(self, timeout: float = 15) -> list[Answer]:
         self.halt.set()
@@ -490,7 +503,7 @@ class LoadClient(threading.Thread):
                     else:
                         response = http.get(rng.choice(self.paths))
                 except httpx.HTTPError as exc:
-                    self.answers.append(Answer(t0, time.monotonic(), type(exc).__name__, None, "error"))
+                    self._record(Answer(t0, time.monotonic(), type(exc).__name__, None, "error"))
                     self.halt.wait(max(self.pause, 0.05))  # the service is away: do not spin
                     continue
                 t1 = time.monotonic()
@@ -505,9 +518,7 @@ class LoadClient(threading.Thread):
                         version = found.pop() if len(found) == 1 else None
                     else:
                         version = body["index_version"]
-                self.answers.append(
-                    Answer(t0, t1, response.status_code, version, "batch" if batch else "get")
-                )
+                self._record(Answer(t0, t1, response.status_code, version, "batch" if batch else "get"))
                 if self.pause:
                     self.halt.wait(self.pause)
 

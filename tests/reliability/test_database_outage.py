@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from tests.reliability.harness import (
     FULL,
@@ -41,8 +42,8 @@ DB_TIMEOUT_S = level(1.0, 5.0)  # FASCL_DATABASE_TIMEOUT_SECONDS; the full level
 READY_BOUND_S = 5.0  # /health/ready and /admin/reload must answer within this, fault or not
 DETECT_BOUND_S = POLL_S + 3 * DB_TIMEOUT_S + 2.0  # readiness reports an unreadable database by then
 RECOVERY_BOUND_S = POLL_S + DB_TIMEOUT_S + 10.0  # back on SQL's choice after the fault, no restart
-OUTAGE_S = level(1.5, 20.0)  # how long each outage lasts beyond detection, under load
-LOCK_S = level(2.0, 30.0)
+OUTAGE_S = level(0.5, 20.0)  # how long each outage lasts beyond detection, under load
+LOCK_S = level(1.0, 30.0)
 RELOAD_CODES = {"database_unavailable", "refresh_in_progress"}
 
 
@@ -101,6 +102,7 @@ def wait_until(predicate, bound: float, step: float = 0.1):
         time.sleep(step)
 
 
+@pytest.mark.timeout(level(300, 900))
 def test_database_faults(reliability_deployment, database_url, tmp_path, scenario):
     backend = "postgresql" if database_url.startswith("postgresql") else "sqlite"
     postgres = backend == "postgresql"
