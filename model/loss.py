@@ -72,4 +72,28 @@ def hard_infonce_loss(
     return F.nll_loss(log_q, positive)
 
 
-LOSSES = {"soft": soft_contrastive_loss, "observed": soft_contrastive_loss, "hard": hard_infonce_loss}
+def expected_correlation_loss(
+    z: torch.Tensor,
+    target_corr: torch.Tensor,
+    tau: float | torch.Tensor = TAU,
+    tau_target: float = TAU_TARGET,
+    unit_norm: bool = True,
+    similarity_given: bool = False,
+) -> torch.Tensor:
+    """-(1/B) sum_i sum_j q_ij C_ij, q_i = softmax_j(s_ij / tau), j != i: minus the future correlation
+    of a peer drawn from the predicted distribution, a smooth FRC@1 (equal to it as tau -> 0).
+
+    The soft contrastive loss asks the whole predicted distribution to match softmax(C / tau_t); this
+    one only asks that the mass sit on peers with high future correlation, which is what retrieval is
+    judged by. `tau` must be fixed: learned, it would shrink towards 0. `tau_target` is unused."""
+    log_q, eye = _log_predictions(z, tau, unit_norm, similarity_given)
+    corr = target_corr.float().masked_fill(eye, 0.0)
+    return -(log_q.exp() * corr).sum(dim=1).mean()
+
+
+LOSSES = {
+    "soft": soft_contrastive_loss,
+    "observed": soft_contrastive_loss,
+    "hard": hard_infonce_loss,
+    "expected": expected_correlation_loss,
+}

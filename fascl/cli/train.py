@@ -41,7 +41,10 @@ def train(
         float | None, typer.Option(help="LR multiplier of the history path (0: keep the classical start)")
     ] = None,
     loss: Annotated[
-        str, typer.Option(help="soft (FASCL) | hard (InfoNCE) | observed (historical targets)")
+        str,
+        typer.Option(
+            help="soft (FASCL) | hard (InfoNCE) | observed (historical targets) | expected (smooth FRC@1)"
+        ),
     ] = "soft",
     batch_size: Annotated[int | None, typer.Option(help="Assets per step (one date's cross-section)")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
@@ -65,6 +68,9 @@ def train(
     projection_head: Annotated[bool | None, typer.Option(help="Ablation: add a projection head")] = None,
     pooling: Annotated[str | None, typer.Option(help="mean (paper) | cls (ablation)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads (default: every core; 1 beside other work)")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt when present")] = True,
 ) -> None:
     """Train FASCL embeddings; validation FRC@1 is printed beside the historical-Pearson retriever's.
@@ -106,6 +112,7 @@ def train(
             valid_start=valid_start,
             test_start=test_start,
             seed=seed,
+            threads=threads,
         )
         result = run_training(panel, cfg, out, resume=resume, console=console, data_source=str(path))
     except ValueError as exc:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.loss import TAU, TAU_TARGET, hard_infonce_loss, soft_contrastive_loss
+from model.loss import TAU, TAU_TARGET, expected_correlation_loss, hard_infonce_loss, soft_contrastive_loss
 
 
 # ----------------------------------------------------------------- references
@@ -259,3 +259,47 @@ def test_hard_infonce_depends_only_on_the_argmax():
     row[0] = -np.inf
     c2[0, np.argmin(np.where(np.isinf(row), np.inf, row))] = 5.0
     assert hard_infonce_loss(_t(z), _t(c2)).item() != pytest.approx(base)
+
+
+# ------------------------------------------------------- expected correlation
+def reference_expected(z: np.ndarray, c: np.ndarray, tau: float) -> float:
+    """-mean_i sum_{j != i} softmax_{j != i}(cos_ij / tau) C_ij, by loops."""
+    n = len(z)
+    total = 0.0
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        log_q = _log_softmax([_cos(z[i], z[j]) / tau for j in others])
+        total += sum(math.exp(lq) * c[i, j] for lq, j in zip(log_q, others, strict=True))
+    return -total / n
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_expected_correlation_matches_loop_reference(seed):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(7, 5))
+    c = np.corrcoef(rng.normal(size=(7, 30)))
+    got = expected_correlation_loss(torch.tensor(z), torch.tensor(c), tau=0.05).item()
+    assert got == pytest.approx(reference_expected(z, c, 0.05), rel=1e-5)
+
+
+def test_expected_correlation_becomes_minus_frc_at_1_as_tau_vanishes():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(9, 4))
+    c = np.corrcoef(rng.normal(size=(9, 40)))
+    cos = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (z / np.linalg.norm(z, axis=1, keepdims=True)).T
+    np.fill_diagonal(cos, -np.inf)
+    frc1 = np.mean(c[np.arange(9), cos.argmax(axis=1)])
+    got = expected_correlation_loss(torch.tensor(z), torch.tensor(c), tau=1e-4).item()
+    assert got == pytest.approx(-frc1, abs=1e-6)
+
+
+def test_expected_correlation_gradient_moves_mass_to_the_more_correlated_peer():
+    z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.9, -0.1]], requires_grad=True)
+    c = torch.tensor([[1.0, 0.2, 0.8], [0.2, 1.0, 0.1], [0.8, 0.1, 1.0]])
+    expected_correlation_loss(z, c, tau=0.1).backward()
+    step = z.detach() - 0.1 * z.grad
+    cos = torch.nn.functional.normalize(step, dim=1) @ torch.nn.functional.normalize(step, dim=1).T
+    before = (
+        torch.nn.functional.normalize(z.detach(), dim=1) @ torch.nn.functional.normalize(z.detach(), dim=1).T
+    )
+    assert cos[0, 2] - cos[0, 1] > before[0, 2] - before[0, 1]
