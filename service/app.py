@@ -178,7 +178,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/similar",
         response_model=SimilarBatchResponse,
         tags=["similarity"],
-        responses=ERRORS,
+        responses={
+            **ERRORS,
+            400: {"model": ErrorResponse, "description": "The body is not JSON encoded as UTF-8"},
+            413: {"model": ErrorResponse, "description": "The body is over FASCL_MAX_BODY_BYTES"},
+        },
     )
     def similar_batch(snap: SnapshotDep, batch: SimilarBatch) -> Response:
         """Many queries in one call; each item carries its result or the error it would have returned."""
