@@ -48,6 +48,9 @@ def reindex(
     from fascl.reindex import next_run, run_reindex
 
     settings = get_settings()
+    if assets is not None and source is None:
+        console.print("[red]--assets gives metadata for the tickers of --source bars; pass --source too[/]")
+        raise typer.Exit(2)
     if status:
         _print_runs(settings)
         return

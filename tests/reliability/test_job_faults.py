@@ -272,6 +272,7 @@ def test_jobs_killed_at_each_stage_leave_the_served_version_intact(
                 )
                 active, _ = sql_active(database_url)
                 check(active == versions_on_disk(indexes)[-1], f"{what}: the rerun's version is active")
+                check(after in versions_on_disk(indexes), f"{what}: the version the rerun replaced is kept")
                 check(
                     served_version(service, paths[-1], active) == active,
                     f"{what}: the service swaps to the rerun's version",
