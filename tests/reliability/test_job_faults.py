@@ -15,7 +15,9 @@ Then one byte is flipped in a file of each kind (vectors, ids, faiss, neighbors)
 date each of the served version. A date whose damaged file the service reads (faiss, neighbors) is
 refused with 500 `index_corrupt` while every other date keeps answering 200; `fascl index verify`
 names every damaged file. (With flat indexes a query reads no vectors or ids file: those dates keep
-answering from their sound files, which is what the row records.)
+answering from their sound files, which is what the row records.) Last, a flipped byte in the manifest
+of the version before the served one: `fascl index activate` refuses to roll back to it, and the
+served version is unchanged.
 """
 
 from __future__ import annotations
@@ -310,9 +312,12 @@ def test_jobs_killed_at_each_stage_leave_the_served_version_intact(
         assert len(victims) == len(KINDS), "not enough unqueried dates to damage one per file kind"
         refused, answered = {}, {}
         ticker = paths[0].split("/")[2].split("?")[0]
+        damaged = {
+            kind: version.date_files(date)["index" if kind == "faiss" else kind]
+            for kind, date in zip(KINDS, victims, strict=True)
+        }
         for kind, date in zip(KINDS, victims, strict=True):
-            rel = version.date_files(date)["index" if kind == "faiss" else kind]
-            flip_byte(version.path / rel)
+            flip_byte(version.path / damaged[kind])
             statuses = []
             for k in (5, 50):  # a table lookup and a search
                 response = httpx.get(
@@ -334,13 +339,20 @@ def test_jobs_killed_at_each_stage_leave_the_served_version_intact(
                 f"flipped {kind}: the date is refused with 500 index_corrupt ({answered[kind]})",
             )
         verify = run_cli(["index", "verify", active], env)
-        named = [
-            rel
-            for kind, date in zip(KINDS, victims, strict=True)
-            for rel in [version.date_files(date)["index" if kind == "faiss" else kind]]
-        ]
-        check(verify.returncode == 1 and all(Path(rel).name in verify.stdout for rel in named),
+        check(verify.returncode == 1 and all(Path(rel).name in verify.stdout for rel in damaged.values()),
               f"`fascl index verify` exits 1 naming every damaged file ({verify.stdout[-800:]})")  # fmt: skip
+
+        # The manifest of the version a rollback would go to: the rollback is refused, nothing changes.
+        previous = next(v for v in reversed(versions_on_disk(indexes)) if v != active)
+        flip_byte(indexes / previous / "manifest.json")
+        rollback = run_cli(["index", "activate", previous], env)
+        check(rollback.returncode == 1 and "manifest.json" in rollback.stdout,
+              f"flipped manifest: `fascl index activate` refuses it ({rollback.stdout[-500:]})")  # fmt: skip
+        check(sql_active(database_url)[0] == active, "flipped manifest: the active version is unchanged")
+        others = [httpx.get(service.base_url + p, timeout=10).status_code for p in paths]
+        check(
+            set(others) == {200}, f"flipped manifest: the served version keeps answering 200 ({set(others)})"
+        )
         alive = service.alive()
 
     check(alive, "the service stayed up")
@@ -354,10 +366,15 @@ def test_jobs_killed_at_each_stage_leave_the_served_version_intact(
     )
     scenario.faults = (
         f"SIGKILL of `fascl index build` at {', '.join(BUILD_STAGES)} and of `fascl reindex --source` at "
-        f"{', '.join(REINDEX_STAGES)}; then one flipped byte in a {', '.join(KINDS)} file of the served version"
+        f"{', '.join(REINDEX_STAGES)}; then one flipped byte in a {', '.join(KINDS)} file of the served version, "
+        "and in the manifest of the version before it"
     )
-    scenario.lost = f"{len(client.bad)} non-2xx during the kills; damaged dates refused: " + ", ".join(
-        f"{k} {'index_corrupt' if refused[k] else 'served from sound files'}" for k in KINDS
+    scenario.lost = (
+        f"{len(client.bad)} non-2xx during the kills; damaged dates: "
+        + ", ".join(
+            f"{k} {'refused (index_corrupt)' if refused[k] else 'served from its sound files'}" for k in KINDS
+        )
+        + "; the damaged manifest's version refused by `fascl index activate`"
     )
     scenario.metrics = {
         "kills": kills,
