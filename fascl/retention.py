@@ -6,7 +6,8 @@ served is recorded in SQL, above it. The rule:
 - prune only after a new version has been published *and* activated: a build that is not activated
   (`--no-activate`, or a database that refuses the activation) deletes nothing;
 - never delete the active version, nor the one active before it: a service polling SQL may still
-  answer from it until its next poll, and its older dates load lazily from disk;
+  answer from it until its next poll, and its older dates load lazily from disk; nor the version a
+  service last recorded serving (indexes/.served), which it serves when it cannot read SQL;
 - otherwise keep the newest FASCL_INDEX_KEEP versions.
 
 Pruned versions are marked `retired` in SQL.
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from index.store import IndexStore
 from service.models import IndexVersion
+from service.registry import SERVED_FILE
 
 # Staging and trash directories untouched for this long are removed by the next build or reindex.
 # A staging directory is what a rerun of an interrupted build resumes from: within this age a rerun
@@ -26,8 +28,9 @@ from service.models import IndexVersion
 LEFTOVER_AGE_SECONDS = 24 * 3600
 
 
-def served_versions(session: Session) -> set[str]:
-    """The active version and the one activated before it (a service may still be reading it)."""
+def served_versions(session: Session, store: IndexStore) -> set[str]:
+    """The versions a service may be reading: the active one, the one activated before it, and the
+    one a service last recorded serving."""
     active = session.scalars(select(IndexVersion.version).where(IndexVersion.active.is_(True))).all()
     previous = session.scalar(
         select(IndexVersion.version)
@@ -35,13 +38,17 @@ def served_versions(session: Session) -> set[str]:
         .order_by(IndexVersion.activated_at.desc())
         .limit(1)
     )
-    return set(active) | ({previous} if previous else set())
+    try:
+        recorded = (store.root / SERVED_FILE).read_text().strip()
+    except OSError:
+        recorded = ""
+    return set(active) | {v for v in (previous, recorded) if v}
 
 
 def prune_after_activation(session: Session, store: IndexStore, keep: int | None = None) -> list[str]:
     """Delete versions beyond the newest `keep` (default the store's) except those served; mark them
     retired in SQL. Call only once the new version's activation is committed."""
-    pruned = store.prune(keep, protect=served_versions(session))
+    pruned = store.prune(keep, protect=served_versions(session, store))
     for row in session.scalars(select(IndexVersion).where(IndexVersion.version.in_(pruned))):
         row.status = "retired"
     return pruned

@@ -149,3 +149,21 @@ def test_a_build_whose_activation_fails_exits_non_zero_and_prunes_nothing(home, 
         out = " ".join(invoke(*args, code=1).split())
         assert "published but not active" in out and "fascl index activate" in out
     assert len(_versions(home)) == 3  # FASCL_INDEX_KEEP=2, yet nothing was pruned
+
+
+def test_pruning_keeps_the_version_a_service_last_recorded_serving(home, checkpoint):
+    """A service that could not read SQL through two activations still answers from the version it
+    recorded in indexes/.served: that version is not pruned either."""
+    args = ("index", "build", "--model", str(checkpoint.parent), "--from", SHORT[0], "--to", SHORT[1],
+            "--threads", "1", "--no-progress", "--reuse", "none")  # fmt: skip
+    invoke("db", "upgrade")
+    invoke(*args)
+    stale = _versions(home)[0]
+    (home / "indexes" / ".served").write_text(stale + "\n")
+    for _ in range(3):
+        invoke(*args)
+    kept = _versions(home)
+    assert stale in kept and len(kept) == 3  # the active one, the one active before it, the stale one
+    (home / "indexes" / ".served").write_text(kept[-1] + "\n")
+    invoke(*args)
+    assert stale not in _versions(home)
