@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         description="A request head (URL and headers) must arrive within this many seconds of its first "
         "byte, or of connecting, else the connection is closed with 408: slow-header clients",
     )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="The longest wait for the next part of a request body (408 beyond)"
+    )
     index_poll_seconds: float = Field(
         10.0, gt=0, description="How often the service checks SQL for a new active index"
     )

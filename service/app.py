@@ -128,7 +128,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Outermost first: metrics see every answer; the key is checked before the body bound, and
     # both before anything reads the body.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_seconds=settings.body_timeout_seconds,
+    )
     if settings.require_api_key:
         app.add_middleware(ApiKeyMiddleware, registry=registry)
         document_api_keys(app)

@@ -22,7 +22,8 @@ MAX_HEAD_BYTES = 64 * 1024  # the URL and every header together: 64 kB is far ab
 
 def document_head_limits(app) -> None:
     """Declare the protocol's refusals (408, 431; plain text) on every operation of `app`'s OpenAPI
-    document: they can answer any request, before the application sees it."""
+    document: they can answer any request, before the application sees it. The 408 of a stalled
+    body, from the application, is declared with them."""
     plain = app.openapi
 
     def openapi() -> dict:
@@ -30,11 +31,17 @@ def document_head_limits(app) -> None:
             return app.openapi_schema
         schema = plain()
         text = {"text/plain": {"schema": {"type": "string"}}}
+        # A slow body is refused by the application, in its error shape (service/limits.py).
+        slow = {**text, "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
         for operations in schema["paths"].values():
             for operation in operations.values():
                 responses = operation["responses"]
                 responses.setdefault(
-                    "408", {"description": "The request head arrived too slowly", "content": text}
+                    "408",
+                    {
+                        "description": "The request head (plain text) or body (error shape) stalled",
+                        "content": slow,
+                    },
                 )
                 responses.setdefault(
                     "431",

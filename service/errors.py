@@ -61,6 +61,7 @@ def install_error_handlers(app: FastAPI) -> None:
             405: "method_not_allowed",
             401: "unauthorized",
             403: "forbidden",
+            408: "body_timeout",
             413: "body_too_large",
         }.get(exc.status_code, "http_error")
         message = str(exc.detail)

@@ -1,11 +1,15 @@
-"""A bound on request bodies, enforced before anything reads them.
+"""Bounds on request bodies, enforced before anything reads them: their size and their pace.
 
 A body announced larger than the limit is refused at once from its Content-Length; a body without
 one (chunked) is counted as it streams and refused as soon as it passes the limit, so a large upload
-costs at most the limit in memory, never its own size. Pure ASGI: no task per request.
+costs at most the limit in memory, never its own size. A body whose next part does not arrive within
+the body timeout is refused with 408: a client cannot hold a request open by stalling its upload.
+Pure ASGI: no task per request.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +24,15 @@ class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):
         super().__init__(413, too_large_message(limit), {"connection": "close"})
         self.error_detail = {"limit_bytes": limit}
+
+
+class BodyTimeout(HTTPException):
+    def __init__(self, seconds: float):
+        message = (
+            f"the request body stalled: no part of it arrived for {seconds:g} s (FASCL_BODY_TIMEOUT_SECONDS)"
+        )
+        super().__init__(408, message, {"connection": "close"})
+        self.error_detail = {"timeout_seconds": seconds}
 
 
 def too_large_message(limit: int) -> str:
@@ -47,8 +60,8 @@ def content_length(scope: Scope) -> int | None:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float) -> None:
+        self.app, self.max_bytes, self.timeout_seconds = app, max_bytes, timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,15 +72,22 @@ class BodyLimitMiddleware:
             await body_too_large(self.max_bytes)(scope, receive, send)
             return
         received = 0
+        complete = False
         started = False
 
         async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body, receive() waits for the client's disconnect: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_seconds)
+            except TimeoutError:
+                raise BodyTimeout(self.timeout_seconds) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                complete = not message.get("more_body", False)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -77,7 +97,10 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:  # raised where no handler turned it into a response
+        except (BodyTooLarge, BodyTimeout) as exc:  # raised where no handler turned it into a response
             if started:
                 raise
-            await body_too_large(self.max_bytes)(scope, receive, send)
+            code = "body_too_large" if exc.status_code == 413 else "body_timeout"
+            await error_response(exc.status_code, code, exc.detail, exc.error_detail, exc.headers)(
+                scope, receive, send
+            )

@@ -53,6 +53,7 @@ def keyed(deployment, database_url, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("FASCL_REQUIRE_API_KEY", "true")
     monkeypatch.setenv("FASCL_MAX_BODY_BYTES", str(MiB))
     monkeypatch.setenv("FASCL_HEADER_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("FASCL_BODY_TIMEOUT_SECONDS", "2")
     with serving(deployment, database_url, tmp_path / "server.log") as (base, factory):
         with session_scope(factory) as session:
             key = create_api_key(session, "reader", ["read"])
@@ -123,3 +124,16 @@ def test_a_head_sent_a_byte_a_second_is_cut_off_while_others_are_served(keyed):
         slow.close()
     assert closed_after is not None and closed_after < 6, closed_after  # the timeout is 2 s
     assert served >= 2
+
+
+def test_a_body_that_stalls_is_answered_408(keyed):
+    base, key = keyed
+    started = time.monotonic()
+    with send_head(base, post_head(1000, key) + b'{"queries": [') as sock:
+        got, body = read_response(sock)  # nothing more is sent
+    took = time.monotonic() - started
+    assert got == 408 and b'"code":"body_timeout"' in body and took < 5, (got, body, took)
+    response = httpx.post(
+        f"{base}/similar", json={"queries": [{"ticker": "NOPE"}]}, headers={"X-API-Key": key}
+    )
+    assert response.status_code == 200, response.text

@@ -234,6 +234,7 @@ def test_hostile_input_on_every_route(reliability_deployment, database_url, tmp_
     env = {
         "FASCL_REQUIRE_API_KEY": "true",
         "FASCL_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_S),
+        "FASCL_BODY_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_S),
         "FASCL_MAX_BODY_BYTES": str(8 * MiB),
     }
     secrets = [str(tmp_path), str(home), "/tmp/", "/work/", "/home/", "site-packages", "127.0.0.1:5432"]
@@ -290,6 +291,11 @@ def test_hostile_input_on_every_route(reliability_deployment, database_url, tmp_
                 51 * MiB,
             )
             streamed = stream_chunked(base, post, key, total=64 * MiB)
+            # a body that stalls after its first bytes
+            stalled = raw_exchange(
+                base,
+                post + b"X-API-Key: %s\r\nContent-Length: 1000\r\n\r\n" % key.encode() + b'{"queries": [',
+            )
             # others are served while a client trickles its head, and the trickle is cut off
             served_during = []
             result: list[float | None] = []
@@ -312,7 +318,7 @@ def test_hostile_input_on_every_route(reliability_deployment, database_url, tmp_
     mib = lambda b: round((b or 0) / MiB, 1)  # noqa: E731
     scenario.load = (
         f"{sent} hostile requests ({len(requests)} kinds x {ROUNDS}), 154 MiB and 51 MiB and 64 MiB "
-        f"chunked POST bodies, one client sending its head a byte a second"
+        f"chunked POST bodies, a stalled body, one client sending its head a byte a second"
     )
     scenario.faults = "-"
     scenario.lost = "-"
@@ -326,6 +332,7 @@ def test_hostile_input_on_every_route(reliability_deployment, database_url, tmp_
         },
         "key_51mib": {"status": keyed[0], "seconds": round(keyed[1], 3), "body_sent_mib": mib(keyed[2])},
         "chunked_64mib": streamed,
+        "stalled_body": {"status": stalled[0], "seconds": round(stalled[1], 2)},
         "slow_head_cut_after_s": None if cut_after is None else round(cut_after, 2),
         "served_during_slow_head": len(served_during),
     }
@@ -341,6 +348,10 @@ def test_hostile_input_on_every_route(reliability_deployment, database_url, tmp_
     scenario.check(
         streamed["status"] == 413 and streamed["sent_mib"] <= 24,
         f"a 64 MiB chunked body is refused soon after the 8 MiB limit ({streamed})",
+    )
+    scenario.check(
+        stalled[0] == 408 and stalled[1] < HEADER_TIMEOUT_S + 3,
+        f"a body that stalls is answered 408 within {HEADER_TIMEOUT_S} s (+3 s): {scenario.metrics['stalled_body']}",
     )
     scenario.check(
         cut_after is not None and cut_after < HEADER_TIMEOUT_S + 3,
