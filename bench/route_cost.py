@@ -78,6 +78,11 @@ async def run(args) -> None:
 
     app = create_app()
     async with app.router.lifespan_context(app):
+        if app.state.registry.current is None:
+            raise SystemExit(
+                f"no index to serve under {app.state.settings.indexes_dir}: run `make demo` or "
+                "`fascl index build` first (FASCL_HOME selects the home)"
+            )
         reader = app.state.registry.current.reader
         rng = random.Random(0)
         older = [d.isoformat() for d in reader.dates[:-1]]
