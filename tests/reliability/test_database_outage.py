@@ -3,11 +3,11 @@ connections, a hanging lock, and a restart of the service during the outage.
 
 The database only says which version to serve; queries are answered from memory. So through every
 fault: GET /similar keeps answering 200; /health/ready answers within READY_BOUND_S and, where the
-service cannot read SQL, says not ready and why; /admin/reload answers within the bound (503
-`database_unavailable` or `refresh_in_progress` when it cannot check); and once the fault is gone the
-service picks up what was activated during it by itself, without a restart. A restart during the
-outage serves the version it served before (the newest on disk if it never served one), says not
-ready, and catches up when the database returns.
+service cannot read SQL, says not ready and why; /admin/reload answers within one SQL timeout and a
+margin (503 `database_unavailable` or `refresh_in_progress` when it cannot check); and once the
+fault is gone the service picks up what was activated during it by itself, without a restart. A
+restart during the outage serves the version it served before (the newest on disk if it never
+served one), says not ready, and catches up when the database returns.
 
 What is real: PostgreSQL refuses through a TCP proxy that stops listening (the shared server stays
 up); SQLite's file is moved away with a directory put in its place. The lock is PostgreSQL's
@@ -39,7 +39,9 @@ from tests.reliability.harness import (
 TITLE = "4. Database faults"
 POLL_S = level(0.25, 1.0)
 DB_TIMEOUT_S = level(1.0, 5.0)  # FASCL_DATABASE_TIMEOUT_SECONDS; the full level runs the default
-READY_BOUND_S = 5.0  # /health/ready and /admin/reload must answer within this, fault or not
+READY_BOUND_S = 5.0  # /health/ready must answer within this, fault or not
+# /admin/reload reads SQL itself when no poll is running, so it may wait out one SQL timeout.
+RELOAD_BOUND_S = DB_TIMEOUT_S + 2.0
 DETECT_BOUND_S = POLL_S + 3 * DB_TIMEOUT_S + 2.0  # readiness reports an unreadable database by then
 RECOVERY_BOUND_S = POLL_S + DB_TIMEOUT_S + 10.0  # back on SQL's choice after the fault, no restart
 OUTAGE_S = level(0.5, 20.0)  # how long each outage lasts beyond detection, under load
@@ -47,7 +49,7 @@ LOCK_S = level(1.0, 30.0)
 RELOAD_CODES = {"database_unavailable", "refresh_in_progress"}
 
 
-def timed(method, url: str, timeout: float = READY_BOUND_S + 5) -> tuple[int | str, dict, float]:
+def timed(method, url: str, timeout: float = RELOAD_BOUND_S + 5) -> tuple[int | str, dict, float]:
     started = time.monotonic()
     try:
         r = httpx.request(method, url, timeout=timeout)
@@ -146,6 +148,7 @@ def test_database_faults(reliability_deployment, database_url, tmp_path, scenari
                 status, body, seen = wait_status(service.base_url + "/health/ready", 503, DETECT_BOUND_S)
                 why = reason(body)
                 timings[f"{label}_not_ready_after_s"] = seen
+                scenario.metrics.setdefault("readiness_said", {})[label] = f"{status}: {why}"
                 check(
                     status == 503 and "database" in why.lower(),
                     f"{label}: /health/ready says not ready because of the database within {DETECT_BOUND_S:g} s "
@@ -178,7 +181,9 @@ def test_database_faults(reliability_deployment, database_url, tmp_path, scenari
         ready_checks("refused", expect_not_ready=True if postgres else None)
         status, body, took = timed("POST", service.base_url + "/admin/reload")
         code = (body.get("error") or {}).get("code")
-        check(took < READY_BOUND_S, f"refused: /admin/reload answered in {took:.2f} s")
+        check(
+            took < RELOAD_BOUND_S, f"refused: /admin/reload answered in {took:.2f} s (< {RELOAD_BOUND_S:g} s)"
+        )
         if postgres:
             check(
                 status == 503 and code in RELOAD_CODES,
@@ -200,7 +205,10 @@ def test_database_faults(reliability_deployment, database_url, tmp_path, scenari
             )
             status, body, took = timed("POST", service.base_url + "/admin/reload")
             code = (body.get("error") or {}).get("code")
-            check(took < READY_BOUND_S, f"lock: /admin/reload answered in {took:.2f} s (< {READY_BOUND_S} s)")
+            check(
+                took < RELOAD_BOUND_S,
+                f"lock: /admin/reload answered in {took:.2f} s (< {RELOAD_BOUND_S:g} s)",
+            )
             if postgres:
                 check(
                     status == 503 and code in RELOAD_CODES,
@@ -271,7 +279,7 @@ def test_database_faults(reliability_deployment, database_url, tmp_path, scenari
     check(load is not None and load.mixed_batches == 0, "a batch answers from one version")
 
     scenario.load = (
-        f"one client, GET /similar and POST batches of 10 every {level(10, 5) * 1}th request, "
+        f"one client, GET /similar and every 10th request a POST batch of 10, "
         f"{len(answers)} requests over {sum(e - s for s, e in phases.values()):.0f} s of faults; poll {POLL_S:g} s, "
         f"FASCL_DATABASE_TIMEOUT_SECONDS={DB_TIMEOUT_S:g}"
     )
