@@ -356,15 +356,25 @@ class Service:
         assert self.process is not None
         return self.process.pid
 
+    def memory(self) -> dict[str, int] | None:
+        """The serving process's resident memory in bytes: rss (VmRSS), anon (RssAnon: the heap,
+        what a leak grows) and file (RssFile: mapped files and libraries); None if it is gone."""
+        fields = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file"}
+        try:
+            lines = Path(f"/proc/{self.pid}/status").read_text().splitlines()
+        except OSError:
+            return None
+        found = {}
+        for line in lines:
+            parts = line.split()
+            if parts and parts[0] in fields:
+                found[fields[parts[0]]] = int(parts[1]) * 1024
+        return found if "rss" in found else None
+
     def rss_bytes(self) -> int | None:
         """Resident set size of the serving process (VmRSS), or None if it is gone."""
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            return None
-        return None
+        memory = self.memory()
+        return None if memory is None else memory["rss"]
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
