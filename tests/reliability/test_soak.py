@@ -102,6 +102,7 @@ def plot(samples, after: float, slope: float, intercept: float, path, title: str
     plt.close(fig)
 
 
+@pytest.mark.timeout(level(300, 1500))  # the full level's 10 minutes, the deployment and the warm-up
 def test_bounded_soak(reliability_deployment, soak_database_url, tmp_path, scenario):
     backend = "postgresql" if soak_database_url.startswith("postgresql") else "sqlite"
     scenario.title, scenario.database = TITLE, backend
