@@ -96,7 +96,10 @@ def render(rows: list[dict], *, figures_dir: Path | None = None, commit: str | N
     ]
     for row in rows:
         result = OUTCOME.get(row.get("outcome"), row.get("outcome"))
-        if row.get("outcome") not in ("passed", None) and row.get("message"):
+        failed = [c["what"] for c in row.get("checks") or [] if not c["ok"] and not c.get("pending")]
+        if row.get("outcome") == "failed" and failed:
+            result += ", failed check: " + "; ".join(failed)[:300]
+        elif row.get("outcome") not in ("passed", None) and row.get("message"):
             result += f": {row['message'][:300]}"
         lines.append(
             "| "

@@ -62,6 +62,8 @@ def test_one_row_per_test_the_last_run_counting_in_scenario_order(tmp_path):
     assert len(table) == 1 + 4  # the header, then one row per test
     assert "wrk -c16 \\| 60 s" in table[1]  # a pipe in a cell is escaped
     assert "first run" not in text and "FAILED" not in table[2]
+    failed = row("t6.py::soak", "6. Bounded soak", "postgresql", "failed", message="Failed: slope")
+    assert "**FAILED**, failed check: no socket errors |" in report.render([failed], commit="x")
     assert "expected failure (pending fix): pending: D" in table[3]
     assert "`FASCL_RELIABILITY=full .venv/bin/python -m pytest 't6.py::soak'`" in table[4]
     assert "![reliability-soak](reliability-soak.png)" in text
