@@ -9,5 +9,7 @@ from fascl.settings import get_settings
 os.environ.setdefault("OMP_NUM_THREADS", str(get_settings().omp_threads))
 
 from service.app import create_app  # noqa: E402
+from service.memory import fix_mmap_threshold  # noqa: E402
 
+fix_mmap_threshold()  # in every worker: each is its own process with its own allocator
 app = create_app()
