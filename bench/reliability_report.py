@@ -82,7 +82,9 @@ def render(rows: list[dict], *, figures_dir: Path | None = None, commit: str | N
         "checkpoint, versions published by the index store), on SQLite and on PostgreSQL where the scenario "
         "involves the database.",
         "",
-        f"Run of {dt.date.today().isoformat()} at commit `{commit or _commit()}`, on {os.cpu_count()} CPU cores "
+        f"Rendered on {dt.date.today().isoformat()} at commit `{commit or _commit()}` (when a scenario was rerun "
+        "alone, its row is its last run: each row's details give when it finished), on "
+        f"{os.cpu_count()} CPU cores "
         f"({platform.machine()}, Python {platform.python_version()}); level: {', '.join(modes)}"
         + (
             " (the fast level of `make test`: smaller loads and shorter runs than documented)"
