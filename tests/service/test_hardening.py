@@ -134,24 +134,6 @@ def test_no_body_names_a_path_or_the_database(deployment, panel, postgres_url, t
             assert secret not in response.text, (secret, response.text)
 
 
-def test_a_corrupt_file_is_named_within_the_store(deployment, panel, tmp_path, monkeypatch):
-    monkeypatch.setattr("index.store.EAGER_VERIFY_BYTES", 0)  # verify lazily, as a large version does
-    home = tmp_path / "home"
-    shutil.copytree(deployment.home / "indexes", home / "indexes")
-    sqlite = f"sqlite:///{tmp_path / 'fascl.db'}"
-    settings = deploy(deployment, panel, sqlite).model_copy(update={"home": home})
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        dates = client.get("/dates").json()["dates"]
-        bad = home / "indexes" / deployment.versions[0] / "faiss" / f"{dates[3]}.faiss"
-        data = bytearray(bad.read_bytes())
-        data[-16:] = bytes(16)
-        bad.write_bytes(bytes(data))
-        response = client.get(f"/similar/{panel.tickers[0]}", params={"date": dates[3]})
-        error = error_of(response, 500, "index_corrupt")
-        assert error["detail"]["file"] == f"{deployment.versions[0]}/faiss/{dates[3]}.faiss"
-        assert str(home) not in response.text and str(tmp_path) not in response.text
-
-
 @pytest.fixture
 def keys(deployment, panel, database_url):
     settings = deploy(deployment, panel, database_url, require_api_key=True)
