@@ -89,12 +89,13 @@ def prepare(home: Path, assets: int) -> None:
     """Synthetic market, a (briefly trained) small checkpoint and an index of the last dates."""
     from rich.console import Console as QuietConsole
 
+    from catalogue.migrate import upgrade
+    from catalogue.repository import register_index, upsert_assets
+    from catalogue.sessions import make_engine, session_factory, session_scope
     from index.build import build_version
     from index.store import IndexStore
     from market.synthetic import generate, save_synthetic
     from model.train import preset_config, train
-    from service.db import make_engine, session_factory, session_scope, upgrade
-    from service.repository import load_assets, register_index
 
     if (home / "ready").exists():
         return
@@ -126,7 +127,7 @@ def prepare(home: Path, assets: int) -> None:
     upgrade(url)
     engine = make_engine(url)
     with session_scope(session_factory(engine)) as session:
-        load_assets(session, market.panel, "synthetic")
+        upsert_assets(session, market.panel, "synthetic")
         register_index(session, store.open_version(result.version))
     engine.dispose()
     (home / "ready").write_text(result.version)

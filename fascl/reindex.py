@@ -21,15 +21,15 @@ from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from catalogue.models import ReindexRun, utcnow
+from catalogue.repository import active_index, register_index, upsert_assets
+from catalogue.sessions import make_engine, session_factory, session_scope
 from fascl.retention import LEFTOVER_AGE_SECONDS, prune_after_activation
 from fascl.settings import Settings
 from fascl.stages import reached
 from index.build import build_version
 from index.store import IndexStore
 from market.panel import Panel, restore_interrupted_save
-from service.db import make_engine, session_factory, session_scope
-from service.models import ReindexRun, utcnow
-from service.repository import active_index, load_assets, register_index
 
 # Panel files besides the bars that a re-import keeps.
 KEEP_FILES = ("truth.npz",)
@@ -194,7 +194,7 @@ def _reindex(settings, factory, model, data, source, assets, keep_days, console)
     )
     reached("activate", console)
     with session_scope(factory) as session:
-        load_assets(session, panel, panel_path.name)
+        upsert_assets(session, panel, panel_path.name)
         register_index(session, store.open_version(result.version), activate=True)
     reached("prune", console)
     with session_scope(factory) as session:  # only once the activation is committed

@@ -18,9 +18,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from index.store import IndexStore
-from service.models import IndexVersion
-from service.registry import SERVED_FILE
+from catalogue.models import IndexVersionRecord
+from index.store import SERVED_FILE, IndexStore
 
 # Staging and trash directories untouched for this long are removed by the next build or reindex.
 # A staging directory is what a rerun of an interrupted build resumes from: within this age a rerun
@@ -31,11 +30,13 @@ LEFTOVER_AGE_SECONDS = 24 * 3600
 def served_versions(session: Session, store: IndexStore) -> set[str]:
     """The versions a service may be reading: the active one, the one activated before it, and the
     one a service last recorded serving."""
-    active = session.scalars(select(IndexVersion.version).where(IndexVersion.active.is_(True))).all()
+    active = session.scalars(
+        select(IndexVersionRecord.version).where(IndexVersionRecord.active.is_(True))
+    ).all()
     previous = session.scalar(
-        select(IndexVersion.version)
-        .where(IndexVersion.active.is_(False), IndexVersion.activated_at.is_not(None))
-        .order_by(IndexVersion.activated_at.desc())
+        select(IndexVersionRecord.version)
+        .where(IndexVersionRecord.active.is_(False), IndexVersionRecord.activated_at.is_not(None))
+        .order_by(IndexVersionRecord.activated_at.desc())
         .limit(1)
     )
     try:
@@ -49,6 +50,6 @@ def prune_after_activation(session: Session, store: IndexStore, keep: int | None
     """Delete versions beyond the newest `keep` (default the store's) except those served; mark them
     retired in SQL. Call only once the new version's activation is committed."""
     pruned = store.prune(keep, protect=served_versions(session, store))
-    for row in session.scalars(select(IndexVersion).where(IndexVersion.version.in_(pruned))):
+    for row in session.scalars(select(IndexVersionRecord).where(IndexVersionRecord.version.in_(pruned))):
         row.status = "retired"
     return pruned

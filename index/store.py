@@ -56,6 +56,9 @@ MANIFEST_SUM = "manifest.sha256"
 STAGING = ".staging"
 TRASH = ".trash-"
 LOCK = ".lock"
+SERVED_FILE = (
+    ".served"  # the version a service last served on SQL's word: what it serves when SQL cannot be read
+)
 # Versions up to this size are verified in full when opened; larger ones date by date on first use.
 EAGER_VERIFY_BYTES = 256 * 2**20
 _CHUNK = 4 * 2**20

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the caller (service.db.alembic_config or alembic.ini)."""
+"""Alembic environment: the URL comes from the caller (catalogue.migrate.alembic_config or alembic.ini)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from service.models import Base
+from catalogue.models import Base
 
 config = context.config
 target_metadata = Base.metadata

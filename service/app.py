@@ -13,13 +13,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import PlainTextResponse, Response
 
+from catalogue.sessions import make_engine, session_factory
 from fascl.settings import Settings, get_settings
 from index import ann
 from index.errors import UnknownTicker
 from index.store import IndexStore
 from service.auth import ApiKeyMiddleware, document_api_keys
 from service.connection import document_head_limits
-from service.db import make_engine, session_factory
 from service.errors import APIError, install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics

@@ -11,9 +11,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from catalogue.repository import check_api_key
 from service.errors import error_response
 from service.registry import IndexRegistry
-from service.repository import check_api_key
 
 OPEN_PREFIX = "/health/"
 ADMIN_PREFIX = "/admin/"

@@ -23,11 +23,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from catalogue.models import Asset
+from catalogue.repository import active_index, active_key_hashes
 from index.query import IndexReader
-from index.store import IndexStore
+from index.store import SERVED_FILE, IndexStore
 from market.panel import Panel, PanelError
-from service.models import Asset
-from service.repository import active_index, active_key_hashes
 from service.schemas import MAX_K
 
 log = logging.getLogger("fascl.service")
@@ -111,9 +111,6 @@ def settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-SERVED_FILE = ".served"  # under the store's root: the version last served from SQL's choice
 
 
 class RefreshInProgress(RuntimeError):

@@ -16,7 +16,7 @@ console = Console()
 
 
 def _factory():
-    from service.db import make_engine, session_factory
+    from catalogue.sessions import make_engine, session_factory
 
     return session_factory(make_engine(get_settings().sqlalchemy_url))
 
@@ -24,7 +24,7 @@ def _factory():
 @app.command()
 def upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
     """Apply the Alembic migrations (the only way the schema changes)."""
-    from service.db import upgrade as run_upgrade
+    from catalogue.migrate import upgrade as run_upgrade
 
     run_upgrade(get_settings().sqlalchemy_url, revision)
     console.print(f"[green]database at {revision}[/] ({_safe_url()})")
@@ -33,22 +33,22 @@ def upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] = "
 @app.command()
 def downgrade(revision: Annotated[str, typer.Argument(help="Target revision")] = "base") -> None:
     """Revert the migrations down to `revision` (base = empty)."""
-    from service.db import downgrade as run_downgrade
+    from catalogue.migrate import downgrade as run_downgrade
 
     run_downgrade(get_settings().sqlalchemy_url, revision)
     console.print(f"[yellow]database at {revision}[/] ({_safe_url()})")
 
 
 @app.command("load-assets")
-def load_assets(
+def upsert_assets(
     data: Annotated[
         str | None, typer.Option(help="Panel name under FASCL_HOME/market, or a panel directory")
     ] = None,
 ) -> None:
     """Load ticker, name, sector, industry, exchange and date range of every panel asset."""
+    from catalogue.repository import upsert_assets as upsert
+    from catalogue.sessions import session_scope
     from fascl.cli.panels import load_panel_or_exit
-    from service.db import session_scope
-    from service.repository import load_assets as upsert
 
     path, panel = load_panel_or_exit(data, console)
     with session_scope(_factory()) as session:
@@ -68,8 +68,8 @@ def create_key(
     scope: Annotated[list[str], typer.Option(help="read (queries) and/or admin (reload)")] = ["read"],  # noqa: B006
 ) -> None:
     """Create an API key and print it once."""
-    from service.db import session_scope
-    from service.repository import create_api_key
+    from catalogue.repository import create_api_key
+    from catalogue.sessions import session_scope
 
     try:
         with session_scope(_factory()) as session:
@@ -84,8 +84,8 @@ def create_key(
 @keys_app.command("revoke")
 def revoke_key(prefix: Annotated[str, typer.Argument(help="The 8-character prefix after 'fascl_'")]) -> None:
     """Revoke a key by its prefix."""
-    from service.db import session_scope
-    from service.repository import revoke_api_key
+    from catalogue.repository import revoke_api_key
+    from catalogue.sessions import session_scope
 
     with session_scope(_factory()) as session:
         done = revoke_api_key(session, prefix)
@@ -100,7 +100,7 @@ def list_keys() -> None:
     """Keys by prefix, name, scopes and state (never the keys themselves)."""
     from sqlalchemy import select
 
-    from service.models import ApiKey
+    from catalogue.models import ApiKey
 
     table = Table("prefix", "name", "scopes", "created", "revoked")
     with _factory()() as session:

@@ -152,7 +152,7 @@ def build(
 
 
 def _engine():
-    from service.db import make_engine
+    from catalogue.sessions import make_engine
 
     return make_engine(get_settings().sqlalchemy_url)
 
@@ -163,8 +163,8 @@ def _activate(store, version: str) -> None:
     Exits 1 when the database refuses: the version is then published but not active."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from service.db import session_factory, session_scope
-    from service.repository import register_index
+    from catalogue.repository import register_index
+    from catalogue.sessions import session_factory, session_scope
 
     engine = _engine()
     try:
@@ -184,8 +184,8 @@ def _activate(store, version: str) -> None:
 
 def _prune(store) -> None:
     """After a successful activation: keep the newest versions and every one a service may still serve."""
+    from catalogue.sessions import session_factory, session_scope
     from fascl.retention import prune_after_activation
-    from service.db import session_factory, session_scope
 
     engine = _engine()
     try:

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from service.db import session_scope
-from service.repository import create_api_key
+from catalogue.repository import create_api_key
+from catalogue.sessions import session_scope
 from tests.e2e.test_serve import deployment, serving  # noqa: F401 - the module's deployment fixture
 
 MiB = 2**20

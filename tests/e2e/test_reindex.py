@@ -14,14 +14,15 @@ import pandas as pd
 from rich.console import Console
 from sqlalchemy import select
 
+from catalogue.migrate import upgrade
+from catalogue.models import Asset, ReindexRun
+from catalogue.repository import active_index, register_index, upsert_assets
+from catalogue.sessions import make_engine, session_factory, session_scope
 from fascl.reindex import next_run, run_reindex
 from fascl.settings import Settings
 from index.build import build_version
 from index.store import IndexStore
 from market.panel import Panel
-from service.db import make_engine, session_factory, session_scope, upgrade
-from service.models import Asset, ReindexRun
-from service.repository import active_index, load_assets, register_index
 from tests.service.fixtures import make_deployment
 
 
@@ -50,7 +51,7 @@ def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
     quiet = Console(quiet=True)
 
     with session_scope(factory) as session:
-        load_assets(session, Panel.load(deployment.panel_path), "synthetic")
+        upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
 
     # Tonight's bars arrive as a long file, without metadata, with one newly listed ticker (whose
     # metadata comes in an assets file); the job imports them, indexes the new dates and flips.

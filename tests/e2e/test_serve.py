@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from catalogue.repository import register_index
+from catalogue.sessions import make_engine, session_factory, session_scope
 from index.store import IndexStore
-from service.db import make_engine, session_factory, session_scope
-from service.repository import register_index
 from tests.service.fixtures import make_deployment
 
 FASCL = [sys.executable, "-m", "fascl.cli.main"]

@@ -64,7 +64,7 @@ def test_build_activates_the_version_in_sql_once_the_database_is_migrated(home, 
     from sqlalchemy import create_engine, select
     from sqlalchemy.orm import Session
 
-    from service.models import IndexVersion
+    from catalogue.models import IndexVersionRecord
 
     args = ("index", "build", "--model", str(checkpoint.parent), "--from", SHORT[0], "--to", SHORT[1],
             "--threads", "1", "--no-progress")  # fmt: skip
@@ -76,7 +76,7 @@ def test_build_activates_the_version_in_sql_once_the_database_is_migrated(home, 
     invoke(*args)
     engine = create_engine(f"sqlite:///{home / 'fascl.db'}")
     with Session(engine) as session:
-        rows = {r.version: r.active for r in session.scalars(select(IndexVersion))}
+        rows = {r.version: r.active for r in session.scalars(select(IndexVersionRecord))}
     engine.dispose()
     assert len(rows) == 2 and rows[first] is False and sum(rows.values()) == 1
     invoke("index", "activate", "no-such-version", code=1)

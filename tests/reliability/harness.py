@@ -185,15 +185,15 @@ def engine_for(url: str):
 
 def prepare_database(url: str, deployment: Deployment, indexes_dir: Path, active: str | None) -> None:
     """Migrations, the panel's assets, and `active` recorded as the active index version."""
+    from catalogue.migrate import upgrade
+    from catalogue.repository import upsert_assets
     from market.panel import Panel
-    from service.db import upgrade
-    from service.repository import load_assets
 
     upgrade(url)
     engine = engine_for(url)
     try:
         with Session(engine) as session, session.begin():
-            load_assets(session, Panel.load(deployment.panel_path), "synthetic")
+            upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
     finally:
         engine.dispose()
     if active is not None:
@@ -203,8 +203,8 @@ def prepare_database(url: str, deployment: Deployment, indexes_dir: Path, active
 def activate(url: str, indexes_dir: Path, version: str) -> tuple[float, float]:
     """Record `version` in SQL as the active one (what `fascl index activate` does); returns the
     monotonic times just before the transaction started and just after it committed."""
+    from catalogue.repository import register_index
     from index.store import IndexStore
-    from service.repository import register_index
 
     opened = IndexStore(indexes_dir, keep=10_000).open_version(version, verify="lazy")
     engine = engine_for(url)
@@ -219,7 +219,7 @@ def activate(url: str, indexes_dir: Path, version: str) -> tuple[float, float]:
 
 def sql_active(url: str) -> tuple[str | None, dt.datetime | None]:
     """The active version in SQL and its activated_at."""
-    from service.repository import active_index
+    from catalogue.repository import active_index
 
     engine = engine_for(url)
     try:

@@ -14,8 +14,8 @@ import sys
 
 import httpx
 
-from service.db import make_engine, session_factory, session_scope
-from service.repository import create_api_key
+from catalogue.repository import create_api_key
+from catalogue.sessions import make_engine, session_factory, session_scope
 from tests.reliability.harness import Service, clone_home, level, prepare_database
 
 TITLE = "1. Schema-based fuzzing (schemathesis, all checks)"

@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import httpx
 
-from service.db import make_engine, session_factory, session_scope
-from service.repository import create_api_key
+from catalogue.repository import create_api_key
+from catalogue.sessions import make_engine, session_factory, session_scope
 from tests.reliability.harness import Service, clone_home, level, prepare_database
 
 TITLE = "2. Hostile input on every route"

@@ -157,7 +157,7 @@ def run_statuses(url: str) -> list[tuple[int, str]]:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from service.models import ReindexRun
+    from catalogue.models import ReindexRun
 
     engine = engine_for(url)
     try:

@@ -12,14 +12,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, make_url, text, update
 
+from catalogue.migrate import upgrade
+from catalogue.models import Asset
+from catalogue.repository import create_api_key, register_index, upsert_assets
+from catalogue.sessions import make_engine, session_factory, session_scope
 from fascl.settings import Settings
 from index.store import IndexStore
 from market.panel import Panel
 from service.app import create_app
-from service.db import make_engine, session_factory, session_scope, upgrade
-from service.models import Asset
 from service.params import SIMILAR_PARAMETERS
-from service.repository import create_api_key, load_assets, register_index
 from tests.service.fixtures import make_deployment
 
 
@@ -36,7 +37,7 @@ def env(deployment, database_url):
     factory = session_factory(engine)
     store = IndexStore(deployment.home / "indexes")
     with session_scope(factory) as session:
-        load_assets(session, Panel.load(deployment.panel_path), "synthetic")
+        upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
         register_index(session, store.open_version(deployment.versions[0]), activate=True)
     settings = Settings(home=deployment.home, database_url=database_url, index_poll_seconds=3600)
     yield settings, factory
@@ -405,7 +406,7 @@ def test_queries_go_on_while_the_database_is_down(deployment, postgres_url, pane
     upgrade(postgres_url)
     engine = make_engine(postgres_url)
     with session_scope(session_factory(engine)) as session:
-        load_assets(session, panel, "synthetic")
+        upsert_assets(session, panel, "synthetic")
         register_index(session, IndexStore(deployment.home / "indexes").open_version(deployment.versions[0]))
     engine.dispose()
     settings = Settings(home=deployment.home, database_url=postgres_url, index_poll_seconds=3600)
@@ -437,7 +438,7 @@ def test_a_damaged_file_found_at_start_fails_its_date_only(deployment, tmp_path,
     upgrade(url)
     engine = make_engine(url)
     with session_scope(session_factory(engine)) as session:
-        load_assets(session, panel, "synthetic")
+        upsert_assets(session, panel, "synthetic")
         register_index(session, version, activate=True)
     engine.dispose()
     settings = Settings(home=home, database_url=url, index_poll_seconds=3600)
@@ -458,7 +459,7 @@ def test_a_corrupt_date_fails_its_queries_only_and_names_the_file(deployment, tm
     upgrade(url)
     engine = make_engine(url)
     with session_scope(session_factory(engine)) as session:
-        load_assets(session, panel, "synthetic")
+        upsert_assets(session, panel, "synthetic")
         register_index(
             session, IndexStore(home / "indexes").open_version(deployment.versions[0]), activate=True
         )

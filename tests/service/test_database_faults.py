@@ -14,12 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, make_url, text
 
+from catalogue.migrate import upgrade
+from catalogue.repository import register_index, upsert_assets
+from catalogue.sessions import make_engine, session_factory, session_scope
 from fascl.settings import Settings
 from index.store import IndexStore
 from market.panel import Panel
 from service.app import create_app
-from service.db import make_engine, session_factory, session_scope, upgrade
-from service.repository import load_assets, register_index
 from tests.databases import POSTGRES_ADMIN_URL
 from tests.service.fixtures import make_deployment
 
@@ -42,7 +43,7 @@ def prepare(url: str, deployment, home, version: str) -> None:
     upgrade(url)
     engine = make_engine(url)
     with session_scope(session_factory(engine)) as session:
-        load_assets(session, Panel.load(deployment.panel_path), "synthetic")
+        upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
         register_index(session, IndexStore(home / "indexes").open_version(version), activate=True)
     engine.dispose()
 
@@ -103,7 +104,9 @@ def test_a_lock_held_on_the_table_the_poll_reads_never_wedges_the_service(deploy
             for path in ("/similar/" + ticker, "/assets", "/dates", "/metrics"):
                 response, _ = timed(lambda p=path: client.get(p), 5 * TIMEOUT)
                 assert response.status_code == 200, (path, response.text)
-            batch, _ = timed(lambda: client.post("/similar", json={"queries": [{"ticker": ticker}]}), 5 * TIMEOUT)
+            batch, _ = timed(
+                lambda: client.post("/similar", json={"queries": [{"ticker": ticker}]}), 5 * TIMEOUT
+            )
             assert batch.status_code == 200
             for thread in reloads:
                 thread.join(10 * TIMEOUT)

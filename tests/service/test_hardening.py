@@ -10,12 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, make_url, text
 
+from catalogue.migrate import upgrade
+from catalogue.repository import create_api_key, register_index, upsert_assets
+from catalogue.sessions import make_engine, session_factory, session_scope
 from fascl.settings import Settings
 from index.store import IndexStore
 from market.panel import Panel
 from service.app import create_app
-from service.db import make_engine, session_factory, session_scope, upgrade
-from service.repository import create_api_key, load_assets, register_index
 from tests.service.fixtures import make_deployment
 
 HUGE = "9" * 30  # beyond the 64-bit range
@@ -35,7 +36,7 @@ def deploy(deployment, panel, database_url, **settings) -> Settings:
     upgrade(database_url)
     engine = make_engine(database_url)
     with session_scope(session_factory(engine)) as session:
-        load_assets(session, panel, "synthetic")
+        upsert_assets(session, panel, "synthetic")
         register_index(
             session,
             IndexStore(deployment.home / "indexes").open_version(deployment.versions[0]),

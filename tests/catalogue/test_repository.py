@@ -2,18 +2,19 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from market.panel import FIELDS, Panel
-from service.db import make_engine, session_factory, session_scope, upgrade
-from service.models import Asset, IndexVersion
-from service.repository import (
+from catalogue.migrate import upgrade
+from catalogue.models import Asset, IndexVersionRecord
+from catalogue.repository import (
     activate_index,
     active_index,
     active_key_hashes,
     check_api_key,
     create_api_key,
-    load_assets,
+    upsert_assets,
     revoke_api_key,
 )
+from catalogue.sessions import make_engine, session_factory, session_scope
+from market.panel import FIELDS, Panel
 
 
 def small_panel() -> Panel:
@@ -36,10 +37,10 @@ def test_load_assets_upserts_metadata_and_date_ranges(database_url):
     engine, factory = factory_for(database_url)
     panel = small_panel()
     with session_scope(factory) as session:
-        assert load_assets(session, panel, "demo") == (3, 0)
+        assert upsert_assets(session, panel, "demo") == (3, 0)
     panel.assets.loc[0, "name"] = "Alpha Holdings"
     with session_scope(factory) as session:
-        assert load_assets(session, panel, "demo") == (0, 3)
+        assert upsert_assets(session, panel, "demo") == (0, 3)
     with factory() as session:
         rows = {a.ticker: a for a in session.scalars(select(Asset))}
     assert rows["A"].name == "Alpha Holdings" and rows["A"].sector == "Tech"
@@ -52,15 +53,22 @@ def test_load_assets_upserts_metadata_and_date_ranges(database_url):
 def test_only_one_index_version_is_active(database_url):
     engine, factory = factory_for(database_url)
     with session_scope(factory) as session:
-        first, second = IndexVersion(version="v1", path="/a"), IndexVersion(version="v2", path="/b")
+        first, second = (
+            IndexVersionRecord(version="v1", path="/a"),
+            IndexVersionRecord(version="v2", path="/b"),
+        )
         session.add_all([first, second])
         session.flush()
         activate_index(session, first)
     with session_scope(factory) as session:
-        activate_index(session, session.scalar(select(IndexVersion).where(IndexVersion.version == "v2")))
+        activate_index(
+            session, session.scalar(select(IndexVersionRecord).where(IndexVersionRecord.version == "v2"))
+        )
     with factory() as session:
         assert active_index(session).version == "v2"
-        assert [v.version for v in session.scalars(select(IndexVersion).where(IndexVersion.active))] == ["v2"]
+        assert [
+            v.version for v in session.scalars(select(IndexVersionRecord).where(IndexVersionRecord.active))
+        ] == ["v2"]
     engine.dispose()
 
 

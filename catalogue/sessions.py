@@ -1,4 +1,4 @@
-"""Engine and sessions for the SQL store (SQLite embedded default, PostgreSQL in production)."""
+"""Engines and sessions of the SQL catalogue (SQLite embedded default, PostgreSQL in production)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def ensure_sqlite_dir(url: str) -> None:
@@ -59,26 +57,3 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory() as session, session.begin():
         yield session
-
-
-def alembic_config(url: str):
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return config
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    """Run the migrations up to `revision`: the only way the schema changes."""
-    from alembic import command
-
-    ensure_sqlite_dir(url)
-    command.upgrade(alembic_config(url), revision)
-
-
-def downgrade(url: str, revision: str = "base") -> None:
-    from alembic import command
-
-    command.downgrade(alembic_config(url), revision)

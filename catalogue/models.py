@@ -45,7 +45,7 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class IndexVersion(Base):
+class IndexVersionRecord(Base):
     __tablename__ = "index_versions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

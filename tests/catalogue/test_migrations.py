@@ -2,8 +2,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from service.db import downgrade, make_engine, upgrade
-from service.models import Base
+from catalogue.migrate import downgrade, upgrade
+from catalogue.models import Base
+from catalogue.sessions import make_engine
 
 TABLES = {"assets", "model_versions", "index_versions", "reindex_runs", "api_keys"}
 

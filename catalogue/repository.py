@@ -11,13 +11,13 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from catalogue.models import ApiKey, Asset, IndexVersionRecord, ModelVersion
 from market.panel import Panel
-from service.models import ApiKey, Asset, IndexVersion, ModelVersion
 
 SCOPES = ("read", "admin")
 
 
-def load_assets(session: Session, panel: Panel, dataset: str) -> tuple[int, int]:
+def upsert_assets(session: Session, panel: Panel, dataset: str) -> tuple[int, int]:
     """Upsert one row per panel ticker with its metadata and first/last dates; returns (added, updated)."""
     present = np.isfinite(panel.close)
     has_any = present.any(axis=0)
@@ -59,16 +59,16 @@ def register_model(session: Session, version: str, path: str, meta: dict) -> Mod
     return model
 
 
-def activate_index(session: Session, index: IndexVersion) -> None:
+def activate_index(session: Session, index: IndexVersionRecord) -> None:
     """Make `index` the one active version (in the caller's transaction)."""
-    session.execute(update(IndexVersion).where(IndexVersion.id != index.id).values(active=False))
+    session.execute(update(IndexVersionRecord).where(IndexVersionRecord.id != index.id).values(active=False))
     index.active = True
     index.status = "ready"
     index.activated_at = datetime.now(UTC)
 
 
-def active_index(session: Session) -> IndexVersion | None:
-    return session.scalar(select(IndexVersion).where(IndexVersion.active.is_(True)))
+def active_index(session: Session) -> IndexVersionRecord | None:
+    return session.scalar(select(IndexVersionRecord).where(IndexVersionRecord.active.is_(True)))
 
 
 # ----------------------------------------------------------------- API keys
@@ -116,8 +116,8 @@ def check_api_key(keys: dict[str, tuple[str, frozenset[str]]], key: str | None) 
     return entry[1] if hmac.compare_digest(_hash_key(key), entry[0]) else None
 
 
-def register_index(session: Session, version, *, activate: bool = True) -> IndexVersion:
-    """Record a published store version (index.store.IndexVersion) in SQL, optionally as the active one."""
+def register_index(session: Session, version, *, activate: bool = True) -> IndexVersionRecord:
+    """Record a published store version (index.store.IndexVersionRecord) in SQL, optionally as the active one."""
     manifest = version.manifest
     model = session.scalar(select(ModelVersion).where(ModelVersion.version == version.model_version))
     if model is None:
@@ -130,9 +130,9 @@ def register_index(session: Session, version, *, activate: bool = True) -> Index
         )
         session.add(model)
         session.flush()
-    row = session.scalar(select(IndexVersion).where(IndexVersion.version == version.version))
+    row = session.scalar(select(IndexVersionRecord).where(IndexVersionRecord.version == version.version))
     if row is None:
-        row = IndexVersion(version=version.version, path=str(version.path))
+        row = IndexVersionRecord(version=version.version, path=str(version.path))
         session.add(row)
     dates = manifest["dates"]
     row.model_version_id = model.id
