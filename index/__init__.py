@@ -3,7 +3,7 @@
 Public API (the service needs only the store and the query side, which import no training code):
 
     from index import IndexReader, IndexStore, list_versions, latest_version, open_version
-    reader = IndexReader()                      # latest version under FASCL_HOME/indexes
+    reader = IndexReader(root="var/indexes")    # the latest version of that store
     reader.similar("AAPL", "2017-06-02", k=10, sector="Technology")
 
 Building (`index.build.build_version`) imports model code and is reached through `fascl index build`.

@@ -13,7 +13,9 @@ implementation and is built on the CPU); the GPU index is moved to the CPU with
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
+
 
 import faiss
 import numpy as np
@@ -43,14 +45,19 @@ def gpu_resources():
     return _gpu_resources
 
 
-def set_threads(threads: int | None = None) -> int:
-    """OpenMP threads for faiss, from `settings.omp_threads` unless given (1-2 per service worker)."""
-    if threads is None:
-        from fascl.settings import get_settings
-
-        threads = get_settings().omp_threads
-    faiss.omp_set_num_threads(int(threads))
-    return int(threads)
+def set_threads(threads: int) -> int:
+    """The one place thread counts are set: faiss's OpenMP threads and, where torch is loaded,
+    torch's. Call it once per process or worker from the entry point's settings, and again on any
+    other thread that searches: OpenMP's count belongs to the calling thread (the service's event
+    loop, a threadpool thread of a sync route). torch is not imported here: the service never loads it."""
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
+    faiss.omp_set_num_threads(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    return threads
 
 
 @dataclass(frozen=True)

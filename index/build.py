@@ -155,9 +155,9 @@ def build_version(
     checkpoint: str | Path,
     panel: Panel,
     *,
+    store: IndexStore,
     start=None,
     end=None,
-    store: IndexStore | None = None,
     keep: int | None = None,
     index_kind: str = "auto",
     params: ann.AnnParams | None = None,
@@ -177,8 +177,8 @@ def build_version(
     `panel` must hold the 63 trading days before `start` for the first dates to have windows.
     `on_date(date, done_so_far)` is called after each date is durable (progress hooks; tests use it
     to interrupt a build). Nothing is pruned here: the caller prunes after activating the version
-    (fascl.retention), since only it knows which versions are served. `keep` sets the store's
-    retention for that later prune (default FASCL_INDEX_KEEP).
+    (fascl.jobs.retention), since only it knows which versions are served. `keep` sets the store's
+    retention for that later prune (the store's own otherwise).
     `reuse`: an earlier version whose unchanged dates are taken over rather than embedded again.
     `neighbors`: K of each date's stored top-K table (0: none). `on_stage(name)` is called on
     reaching "embed" (embedding starts), "write" (the first date embedded here is written, not yet
@@ -187,12 +187,9 @@ def build_version(
     started = time.perf_counter()
     params = params or ann.AnnParams()
     console = console or Console(quiet=not progress)
-    store = store or IndexStore()
     if keep is not None:
         store.keep = keep
-    faiss_threads = ann.set_threads(threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    faiss_threads = ann.set_threads(threads) if threads is not None else faiss.omp_get_max_threads()
     model, info = load_model(checkpoint, device)
     device = next(model.parameters()).device
     batch_size = batch_size or (4096 if device.type == "cuda" else 1024)

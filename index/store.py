@@ -63,6 +63,7 @@ SERVED_FILE = (
 EAGER_VERIFY_BYTES = 256 * 2**20
 _CHUNK = 4 * 2**20
 SUBDIRS = ("vectors", "ids", "faiss", "neighbors")
+DEFAULT_KEEP = 3  # versions a prune keeps unless told otherwise
 
 
 # ----------------------------------------------------------------- file helpers
@@ -153,12 +154,6 @@ def unique_bytes(paths: Iterable[Path]) -> int:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_size
     return total
-
-
-def _settings():
-    from fascl.settings import get_settings
-
-    return get_settings()
 
 
 # --------------------------------------------------------------------- staging
@@ -542,12 +537,12 @@ def _read_manifest(path: Path) -> tuple[dict, str]:
 
 # ------------------------------------------------------------------------ store
 class IndexStore:
-    """Versioned index directories under `root` (default FASCL_HOME/indexes)."""
+    """Versioned index directories under `root`; `keep` is how many versions a prune keeps, newest
+    first (the jobs pass FASCL_INDEX_KEEP)."""
 
-    def __init__(self, root: str | Path | None = None, keep: int | None = None):
-        settings = _settings() if root is None or keep is None else None
-        self.root = Path(root) if root is not None else settings.indexes_dir
-        self.keep = keep if keep is not None else int(getattr(settings, "index_keep", 3))
+    def __init__(self, root: str | Path, keep: int = DEFAULT_KEEP):
+        self.root = Path(root)
+        self.keep = int(keep)
 
     # -------------------------------------------------------------- listing
     def _version_dirs(self) -> list[Path]:
@@ -727,13 +722,13 @@ class IndexStore:
         return removed
 
 
-def list_versions(root: str | Path | None = None) -> list[VersionInfo]:
+def list_versions(root: str | Path) -> list[VersionInfo]:
     return IndexStore(root).list_versions()
 
 
-def latest_version(root: str | Path | None = None) -> str | None:
+def latest_version(root: str | Path) -> str | None:
     return IndexStore(root).latest_version()
 
 
-def open_version(version: str | None = None, root: str | Path | None = None, *, verify: str = "auto"):
+def open_version(root: str | Path, version: str | None = None, *, verify: str = "auto"):
     return IndexStore(root).open_version(version, verify=verify)

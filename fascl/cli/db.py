@@ -21,8 +21,8 @@ def _factory():
     return session_factory(make_engine(get_settings().sqlalchemy_url))
 
 
-@app.command()
-def upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
+@app.command("upgrade")
+def upgrade_command(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
     """Apply the Alembic migrations (the only way the schema changes)."""
     from catalogue.migrate import upgrade as run_upgrade
 
@@ -30,8 +30,8 @@ def upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] = "
     console.print(f"[green]database at {revision}[/] ({_safe_url()})")
 
 
-@app.command()
-def downgrade(revision: Annotated[str, typer.Argument(help="Target revision")] = "base") -> None:
+@app.command("downgrade")
+def downgrade_command(revision: Annotated[str, typer.Argument(help="Target revision")] = "base") -> None:
     """Revert the migrations down to `revision` (base = empty)."""
     from catalogue.migrate import downgrade as run_downgrade
 
@@ -40,7 +40,7 @@ def downgrade(revision: Annotated[str, typer.Argument(help="Target revision")] =
 
 
 @app.command("load-assets")
-def upsert_assets(
+def load_assets_command(
     data: Annotated[
         str | None, typer.Option(help="Panel name under FASCL_HOME/market, or a panel directory")
     ] = None,

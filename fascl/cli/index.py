@@ -26,10 +26,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-def _store():
+def _store(keep: int | None = None):
     from index.store import IndexStore
 
-    return IndexStore()
+    settings = get_settings()
+    return IndexStore(settings.indexes_dir, keep=keep or settings.index_keep)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -83,46 +84,33 @@ def build(
     import pandas as pd
 
     from fascl.cli.panels import load_panel_or_exit
-    from index.build import build_version
+    from fascl.jobs.errors import JobError
+    from fascl.jobs.publish import publish_version
+    from fascl.jobs.stages import reached
     from model.checkpoint import CheckpointError
 
     # 64 trading days of history before --from; ~2.5 calendar days per trading day is ample.
     load_from = None if from_ is None else pd.Timestamp(from_) - pd.Timedelta(days=160)
-    from fascl.retention import LEFTOVER_AGE_SECONDS
-    from fascl.stages import reached
-
     path, panel = load_panel_or_exit(data, console, start=load_from, end=to)
-    store = _store()
-    for leftover in store.remove_leftovers(LEFTOVER_AGE_SECONDS):
-        console.print(f"removed {leftover} (left by an interrupted job)", style="dim")
+    store = _store(keep)
     reached("ingest", console)
-    source = None
-    if reuse != "none" and (reuse != "latest" or store.latest_version() is not None):
-        from index.errors import IndexStoreError
-
-        try:
-            source = store.open_version(None if reuse == "latest" else reuse, verify="lazy")
-        except IndexStoreError as exc:
-            raise _fail(f"--reuse {reuse}: {exc} (--reuse none embeds every date)") from None
     try:
-        result = build_version(
+        result = publish_version(
+            store,
             model,
             panel,
+            data_source=str(path),
+            reuse=reuse,
             start=from_,
             end=to,
-            store=store,
-            keep=keep,
             index_kind=kind,
             batch_size=batch_size,
             threads=threads,
-            data_source=str(path),
-            console=console,
-            progress=progress,
-            reuse=source,
             neighbors=neighbors,
-            on_stage=lambda stage: reached(stage, console),
+            progress=progress,
+            console=console,
         )
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, JobError) as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"published {result.version}", show_header=False)
     table.add_row("version", result.version)
@@ -151,48 +139,29 @@ def build(
     _prune(store)
 
 
-def _engine():
-    from catalogue.sessions import make_engine
-
-    return make_engine(get_settings().sqlalchemy_url)
-
-
 def _activate(store, version: str) -> None:
-    """Record the version in SQL as the active one; a running service swaps to it at its next poll.
+    """Make the version active in the catalogue; exits 1 when the database refuses (the version then
+    stays published, not active)."""
+    from fascl.jobs.activation import activate_version
+    from fascl.jobs.database import catalogue_sessions
+    from fascl.jobs.errors import ActivationRefused
 
-    Exits 1 when the database refuses: the version is then published but not active."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    from catalogue.repository import register_index
-    from catalogue.sessions import session_factory, session_scope
-
-    engine = _engine()
-    try:
-        with session_scope(session_factory(engine)) as session:
-            register_index(session, store.open_version(version), activate=True)
-    except (OperationalError, ProgrammingError) as exc:
-        raise _fail(
-            f"{version} is published but not active: the database is not ready ({exc.__class__.__name__}); "
-            f"run `fascl db upgrade`, then `fascl index activate {version}`"
-        ) from None
-    finally:
-        engine.dispose()
+    with catalogue_sessions(get_settings()) as sessions:
+        try:
+            activate_version(sessions, store, version)
+        except ActivationRefused as exc:
+            raise _fail(str(exc)) from None
     console.print(
         f"[green]active:[/] {version} (the service swaps to it at its next poll or POST /admin/reload)"
     )
 
 
 def _prune(store) -> None:
-    """After a successful activation: keep the newest versions and every one a service may still serve."""
-    from catalogue.sessions import session_factory, session_scope
-    from fascl.retention import prune_after_activation
+    from fascl.jobs.activation import prune
+    from fascl.jobs.database import catalogue_sessions
 
-    engine = _engine()
-    try:
-        with session_scope(session_factory(engine)) as session:
-            pruned = prune_after_activation(session, store)
-    finally:
-        engine.dispose()
+    with catalogue_sessions(get_settings()) as sessions:
+        pruned = prune(sessions, store)
     if pruned:
         console.print(f"pruned (beyond FASCL_INDEX_KEEP={store.keep}): {', '.join(pruned)}")
 

@@ -45,7 +45,7 @@ def reindex(
     """Index the dates the active version lacks, publish atomically and make the new version active.
 
     The service picks the new version up by polling SQL (FASCL_INDEX_POLL_SECONDS)."""
-    from fascl.reindex import next_run, run_reindex
+    from fascl.jobs.reindex import next_run, run_reindex
 
     settings = get_settings()
     if assets is not None and source is None:
@@ -86,7 +86,7 @@ def _print_runs(settings, limit: int = 20) -> None:
     from rich.table import Table
     from sqlalchemy.exc import SQLAlchemyError
 
-    from fascl.reindex import recent_runs
+    from fascl.jobs.reindex import recent_runs
 
     try:
         runs = recent_runs(settings, limit)

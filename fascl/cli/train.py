@@ -19,7 +19,9 @@ def train(
     data: Annotated[
         str | None, typer.Option(help="Panel name under FASCL_HOME/market, or a panel directory")
     ] = None,
-    config: Annotated[str, typer.Option(help="Encoder: small (CPU default) | paper | tiny")] = "small",
+    preset: Annotated[
+        str, typer.Option("--config", help="Encoder preset: small (CPU default) | paper | tiny")
+    ] = "small",
     out: Annotated[
         Path | None, typer.Option(help="Model directory (default FASCL_HOME/models/<data>-<config>)")
     ] = None,
@@ -81,7 +83,7 @@ def train(
     from model.train import train as run_training
 
     path, panel = load_panel_or_exit(data, console)
-    out = out or get_settings().models_dir / f"{path.name}-{config}"
+    out = out or get_settings().models_dir / f"{path.name}-{preset}"
     overrides = {
         "width": width,
         "depth": depth,
@@ -91,7 +93,7 @@ def train(
     }
     try:
         cfg = preset_config(
-            config,
+            preset,
             encoder_overrides={k: v for k, v in overrides.items() if v is not None},
             channels=channels,
             tau=tau,

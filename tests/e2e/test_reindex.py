@@ -18,7 +18,7 @@ from catalogue.migrate import upgrade
 from catalogue.models import Asset, ReindexRun
 from catalogue.repository import active_index, register_index, upsert_assets
 from catalogue.sessions import make_engine, session_factory, session_scope
-from fascl.reindex import next_run, run_reindex
+from fascl.jobs.reindex import next_run, run_reindex
 from fascl.settings import Settings
 from index.build import build_version
 from index.store import IndexStore

@@ -2,7 +2,7 @@
 (ingest, embed, write, publish, activate, prune) while a real `fascl serve` answers queries; then
 flipped bytes in each kind of index file.
 
-The jobs run as real processes. FASCL_STOP_AT=<stage> (fascl/stages.py) makes a job stop itself
+The jobs run as real processes. FASCL_STOP_AT=<stage> (fascl/jobs/stages.py) makes a job stop itself
 (SIGSTOP) on reaching the stage; the test sees it stopped and SIGKILLs it there. After each kill: the
 service never answered a non-2xx, SQL's active version is the one before the job (or the job's own
 new version when the kill came after its activation), every published version passes `verify`, and a
@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 import pytest
 
-from fascl.stages import STAGES, STOP_ENV
+from fascl.jobs.stages import STAGES, STOP_ENV
 from tests.reliability.harness import (
     FASCL,
     FULL,

@@ -1,7 +1,7 @@
 """The nightly reindex job: bring new bars in, index the new dates, publish, flip the active version.
 
-It stands above the packages (market -> model -> index -> service) because it uses all of them:
-the panel importer, the index builder and the SQL store. Each run is recorded in `reindex_runs`;
+A job: it uses the panel importer, the index builder (through fascl/jobs/publish.py, with the
+reuse rule "active") and the catalogue (through fascl/jobs/activation.py). Each run is recorded in `reindex_runs`;
 a failed run leaves the served version untouched (publishing is atomic and the active flag flips
 only after a verified publish).
 """
@@ -22,12 +22,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from catalogue.models import ReindexRun, utcnow
-from catalogue.repository import active_index, register_index, upsert_assets
+from catalogue.repository import active_index
 from catalogue.sessions import make_engine, session_factory, session_scope
-from fascl.retention import LEFTOVER_AGE_SECONDS, prune_after_activation
+from fascl.jobs.activation import activate_version, prune
+from fascl.jobs.publish import publish_version, reuse_source
+from fascl.jobs.stages import reached
 from fascl.settings import Settings
-from fascl.stages import reached
-from index.build import build_version
 from index.store import IndexStore
 from market.panel import Panel, restore_interrupted_save
 
@@ -148,12 +148,11 @@ def mark_abandoned_runs(session) -> list[ReindexRun]:
 
 def _reindex(settings, factory, model, data, source, assets, keep_days, console) -> ReindexOutcome:
     store = IndexStore(settings.indexes_dir, keep=settings.index_keep)
-    for leftover in store.remove_leftovers(LEFTOVER_AGE_SECONDS):
-        console.print(f"removed {leftover} (left by an interrupted job)")
     with factory() as session:
         current = active_index(session)
         current_path = Path(current.path) if current else None
-    old = store.open_version(current_path.name) if current_path and current_path.exists() else None
+    active = current_path.name if current_path and current_path.exists() else None
+    old = reuse_source(store, "active", active=active)
 
     panel_path = data or (Path(old.manifest["data"]["source"]) if old else settings.panel_path())
     restore_interrupted_save(panel_path)  # a re-import killed mid-save: its metadata is read below
@@ -182,23 +181,13 @@ def _reindex(settings, factory, model, data, source, assets, keep_days, console)
     start = _window_start(panel, first_kept, keep_days)
     started = time.perf_counter()
     # Incremental: the active version's unchanged dates are taken over, only new or corrected ones embedded.
-    result = build_version(
-        checkpoint,
-        panel,
-        start=start,
-        store=store,
-        data_source=str(panel_path),
-        console=console,
-        reuse=old,
-        on_stage=lambda stage: reached(stage, console),
+    result = publish_version(
+        store, checkpoint, panel, data_source=str(panel_path), reuse=old, start=start, console=console
     )
     reached("activate", console)
-    with session_scope(factory) as session:
-        upsert_assets(session, panel, panel_path.name)
-        register_index(session, store.open_version(result.version), activate=True)
+    activate_version(factory, store, result.version, panel=panel, dataset=panel_path.name)
     reached("prune", console)
-    with session_scope(factory) as session:  # only once the activation is committed
-        pruned = prune_after_activation(session, store)
+    pruned = prune(factory, store)  # only once the activation is committed
     message = (
         f"indexed {result.n_dates} dates ({start} .. {result.last_date}) in {time.perf_counter() - started:.0f} s; "
         f"{new_dates} new; {result.embedded_dates} embedded, {result.reused_dates} reused from "
