@@ -62,7 +62,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from market.panel import FIELDS, PRICE_FIELDS, Panel
+from market.panel import Panel
 
 SPIKE_MIN_RATIO = 1.5
 SPIKE_REVERT_TOLERANCE = 0.20
@@ -86,9 +86,6 @@ SPLIT_SHARES: tuple[int, ...] = (2, 3, 4, 5, 7, 8, 10)
 
 CORRECTION_COLUMNS: tuple[str, ...] = ("ticker", "date", "kind", "ratio", "factor", "detail")
 KINDS: tuple[str, ...] = ("split", "spike", "jump")
-
-_PRICE_ROWS = [FIELDS.index(f) for f in PRICE_FIELDS]
-_VOLUME_ROW = FIELDS.index("volume")
 
 
 def empty_corrections() -> pd.DataFrame:
@@ -269,53 +266,6 @@ def detect_corrections(panel: Panel) -> pd.DataFrame:
     )
     frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
     return frame.sort_values(["ticker", "date"], ignore_index=True)
-
-
-def _actions(panel: Panel, corrections: pd.DataFrame):
-    """(kind, column, date position, factor) for each split and spike that touches `panel`.
-
-    For a split the position is the first date on or after the split date (everything
-    before it is scaled); for a spike it is the bar's date, and spikes on dates the
-    panel lacks are skipped."""
-    if corrections is None or corrections.empty:
-        return
-    days = pd.to_datetime(corrections["date"]).to_numpy().astype("datetime64[D]")
-    positions = np.searchsorted(panel.dates, days, side="left")
-    for ticker, day, pos, kind, factor in zip(
-        corrections["ticker"], days, positions, corrections["kind"], corrections["factor"], strict=True
-    ):
-        col = panel._ticker_index.get(ticker)
-        if col is None or kind not in ("split", "spike"):
-            continue
-        if kind == "spike" and (pos >= panel.n_dates or panel.dates[pos] != day):
-            continue
-        yield kind, col, int(pos), np.float32(factor)
-
-
-def apply_corrections(panel: Panel, corrections: pd.DataFrame) -> Panel:
-    """Apply the split and spike rows of `corrections` to `panel.values` in place.
-
-    Rows for tickers the panel lacks are skipped. A split dated after the panel's last
-    date scales all of it, so a date slice of a panel is scaled like the full panel."""
-    values = panel.values
-    for kind, col, pos, factor in _actions(panel, corrections):
-        if kind == "split":
-            values[_PRICE_ROWS, :pos, col] *= factor
-            values[_VOLUME_ROW, :pos, col] /= factor
-        else:
-            values[:, pos, col] = np.nan
-    return panel
-
-
-def cleaned_close(panel: Panel, corrections: pd.DataFrame) -> np.ndarray:
-    """A cleaned copy of the close matrix, leaving `panel` as it is (cheaper than copying it)."""
-    close = panel.close.copy()
-    for kind, col, pos, factor in _actions(panel, corrections):
-        if kind == "split":
-            close[:pos, col] *= factor
-        else:
-            close[pos, col] = np.nan
-    return close
 
 
 def summarize_corrections(corrections: pd.DataFrame) -> pd.DataFrame:

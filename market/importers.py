@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from market.cleaning import cleaned_close, count_large_moves, detect_corrections, empty_corrections
-from market.panel import META_COLUMNS, Panel
+from market.cleaning import count_large_moves, detect_corrections, empty_corrections
+from market.panel import META_COLUMNS, Panel, cleaned_close
 from market.validation import (
     FILE_COLUMN,
     LINE_COLUMN,

@@ -276,10 +276,62 @@ class Panel:
         panel = cls.from_long(bars, assets)
         corrections_file = path / "corrections.parquet"
         if clean and corrections_file.exists():
-            from market.cleaning import apply_corrections
-
             apply_corrections(panel, pd.read_parquet(corrections_file))
         return panel
+
+
+# ---------------------------------------------------- recorded corrections
+# Detecting splits and spikes is market.cleaning's; applying the recorded ones is part of reading a
+# panel, so it lives here, below the detector.
+_PRICE_ROWS = [FIELDS.index(f) for f in PRICE_FIELDS]
+_VOLUME_ROW = FIELDS.index("volume")
+
+
+def _actions(panel: Panel, corrections: pd.DataFrame):
+    """(kind, column, date position, factor) for each split and spike that touches `panel`.
+
+    For a split the position is the first date on or after the split date (everything
+    before it is scaled); for a spike it is the bar's date, and spikes on dates the
+    panel lacks are skipped."""
+    if corrections is None or corrections.empty:
+        return
+    days = pd.to_datetime(corrections["date"]).to_numpy().astype("datetime64[D]")
+    positions = np.searchsorted(panel.dates, days, side="left")
+    for ticker, day, pos, kind, factor in zip(
+        corrections["ticker"], days, positions, corrections["kind"], corrections["factor"], strict=True
+    ):
+        col = panel._ticker_index.get(ticker)
+        if col is None or kind not in ("split", "spike"):
+            continue
+        if kind == "spike" and (pos >= panel.n_dates or panel.dates[pos] != day):
+            continue
+        yield kind, col, int(pos), np.float32(factor)
+
+
+def apply_corrections(panel: Panel, corrections: pd.DataFrame) -> Panel:
+    """Apply the split and spike rows of `corrections` to `panel.values` in place.
+
+    Rows for tickers the panel lacks are skipped. A split dated after the panel's last
+    date scales all of it, so a date slice of a panel is scaled like the full panel."""
+    values = panel.values
+    for kind, col, pos, factor in _actions(panel, corrections):
+        if kind == "split":
+            values[_PRICE_ROWS, :pos, col] *= factor
+            values[_VOLUME_ROW, :pos, col] /= factor
+        else:
+            values[:, pos, col] = np.nan
+    return panel
+
+
+def cleaned_close(panel: Panel, corrections: pd.DataFrame) -> np.ndarray:
+    """A cleaned copy of the close matrix, leaving `panel` as it is (cheaper than copying it)."""
+    close = panel.close.copy()
+    for kind, col, pos, factor in _actions(panel, corrections):
+        if kind == "split":
+            close[:pos, col] *= factor
+        else:
+            close[pos, col] = np.nan
+    return close
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -8,13 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from market.cleaning import (
-    apply_corrections,
     count_large_moves,
     detect_corrections,
     summarize_corrections,
 )
 from market.importers import read_long
-from market.panel import FIELDS, Panel
+from market.panel import FIELDS, Panel, apply_corrections
 
 N_DATES = 80
 EVENT = 40  # date index of every event in the hand-built panel
