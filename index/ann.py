@@ -16,11 +16,10 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 
-
 import faiss
 import numpy as np
 
-KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
+INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
 # faiss wiki, "Guidelines to choose an index": exact search is the right call up to ~10k-100k vectors;
 # at 100k, one query on a flat index scans 100k x d floats (~75 MB at d=192), ~10 ms on one core.
 FLAT_MAX = 100_000
@@ -93,8 +92,10 @@ class AnnParams:
 def choose_kind(n: int, requested: str = "auto", *, gpu: bool = False) -> str:
     """The index kind for a date with `n` vectors: `requested` unless it is "auto"."""
     if requested != "auto":
-        if requested not in KINDS:
-            raise ValueError(f"unknown index kind {requested!r}; choose auto or one of {', '.join(KINDS)}")
+        if requested not in INDEX_KINDS:
+            raise ValueError(
+                f"unknown index kind {requested!r}; choose auto or one of {', '.join(INDEX_KINDS)}"
+            )
         return requested
     if n <= FLAT_MAX:
         return "flat"
@@ -114,7 +115,7 @@ def empty_index(kind: str, d: int, n: int, params: AnnParams = AnnParams()) -> f
         sub = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         sub.nprobe = params.nprobe(nlist)
     else:
-        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     index = faiss.IndexIDMap2(sub)
     index.referenced_objects = [sub]  # the Python wrapper must not free `sub` before `index`
     return index

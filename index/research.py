@@ -19,7 +19,7 @@ import pandas as pd
 
 from index.store import IndexVersion
 
-FORMATS = ("parquet", "npz")
+EXPORT_FORMATS = ("parquet", "npz")
 
 
 @dataclass
@@ -48,8 +48,8 @@ def export_vectors(
 ) -> ExportResult:
     out = Path(out)
     fmt = fmt or out.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose {' or '.join(EXPORT_FORMATS)}")
     dates = selected_dates(version, start, end)
     if not dates:
         raise ValueError(

@@ -85,7 +85,7 @@ JUMP_MIN_RATIO = 2.0
 SPLIT_SHARES: tuple[int, ...] = (2, 3, 4, 5, 7, 8, 10)
 
 CORRECTION_COLUMNS: tuple[str, ...] = ("ticker", "date", "kind", "ratio", "factor", "detail")
-KINDS: tuple[str, ...] = ("split", "spike", "jump")
+CORRECTION_KINDS: tuple[str, ...] = ("split", "spike", "jump")
 
 
 def empty_corrections() -> pd.DataFrame:
@@ -274,11 +274,11 @@ def summarize_corrections(corrections: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(
             {
                 c: pd.Series([], dtype=object if c == "ticker" else np.int64)
-                for c in ("ticker", *KINDS, "total")
+                for c in ("ticker", *CORRECTION_KINDS, "total")
             }
         )
     counts = pd.crosstab(corrections["ticker"], corrections["kind"])
-    counts = counts.reindex(columns=list(KINDS), fill_value=0)
+    counts = counts.reindex(columns=list(CORRECTION_KINDS), fill_value=0)
     counts["total"] = counts.sum(axis=1)
     counts = counts.sort_values(["total", "split"], ascending=False).reset_index()
     counts.columns.name = None

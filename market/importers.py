@@ -40,7 +40,7 @@ from market.validation import (
     validate_bars,
 )
 
-FORMATS: tuple[str, ...] = ("auto", "csv-folder", "long", "wide")
+SOURCE_FORMATS: tuple[str, ...] = ("auto", "csv-folder", "long", "wide")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 FOLDER_HINT = (
     "each CSV needs the columns Date,Open,High,Low,Close[,Adj Close],Volume; the ticker is the file name"
@@ -367,10 +367,10 @@ def detect_format(source: str | Path) -> str:
 def read_any(
     source: str | Path, fmt: str = "auto", *, strict: bool = False, assets: pd.DataFrame | None = None
 ) -> tuple[Panel, ImportReport]:
-    """Dispatch on `fmt` (see FORMATS); 'auto' uses detect_format."""
+    """Dispatch on `fmt` (see SOURCE_FORMATS); 'auto' uses detect_format."""
     source = Path(source)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; formats are {', '.join(FORMATS)}")
+    if fmt not in SOURCE_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; formats are {', '.join(SOURCE_FORMATS)}")
     if not source.exists():
         report = ImportReport(source=str(source), format=fmt)
         _fail(

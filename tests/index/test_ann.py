@@ -30,7 +30,7 @@ def test_choose_kind():
         ann.choose_kind(10, "lsh")
 
 
-@pytest.mark.parametrize("kind", ann.KINDS)
+@pytest.mark.parametrize("kind", ann.INDEX_KINDS)
 def test_kinds_recall_and_reconstruct(kind):
     x = clustered(4_000, 48)
     ids = np.arange(len(x), dtype=np.int64) * 3 + 1  # ids are not positions
