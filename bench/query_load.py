@@ -86,24 +86,16 @@ async def similar(ticker: str) -> Response:
 
 
 def prepare(home: Path, assets: int) -> None:
-    """Synthetic market, a (briefly trained) small checkpoint and an index of the last dates."""
-    from rich.console import Console as QuietConsole
-
-    from catalogue.migrate import upgrade
-    from catalogue.repository import register_index, upsert_assets
-    from catalogue.sessions import make_engine, session_factory, session_scope
-    from index.build import build_version
-    from index.store import IndexStore
-    from market.synthetic import generate, save_synthetic
-    from model.train import preset_config, train
+    """Synthetic market, a (briefly trained) small checkpoint, an index of the last dates and a
+    SQLite catalogue with the assets loaded and that index active (fascl.jobs.sample)."""
+    from fascl.jobs.sample import SampleSpec, build_sample
+    from model.train import preset_config
 
     if (home / "ready").exists():
         return
     shutil.rmtree(home, ignore_errors=True)
     console.print(f"preparing {assets} assets under {home} (once)")
-    market = generate(n_assets=assets, years=1.5, seed=0)
-    panel_path = save_synthetic(market, home / "market" / "synthetic")
-    config = preset_config(
+    training = preset_config(
         "small",
         epochs=1,
         steps_per_epoch=2,
@@ -113,24 +105,20 @@ def prepare(home: Path, assets: int) -> None:
         test_start="2011-03-01",
         max_valid_assets=256,
     )
-    train(market.panel, config, home / "models" / "bench", resume=False, console=QuietConsole(quiet=True))
-    store = IndexStore(home / "indexes")
-    result = build_version(
-        home / "models" / "bench" / "best.pt",
-        market.panel,
-        start=str(market.panel.dates[-5]),
-        store=store,
-        data_source=str(panel_path),
+    spec = SampleSpec(
+        assets=assets,
+        years=1.5,
+        seed=0,
+        gaps=(),
+        training=training,
+        model_name="bench",
+        index_starts=(-5,),
+        keep=3,
         progress=True,
+        database_url=f"sqlite:///{home / 'fascl.db'}",
     )
-    url = f"sqlite:///{home / 'fascl.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    with session_scope(session_factory(engine)) as session:
-        upsert_assets(session, market.panel, "synthetic")
-        register_index(session, store.open_version(result.version))
-    engine.dispose()
-    (home / "ready").write_text(result.version)
+    sample = build_sample(home, spec)
+    (home / "ready").write_text(sample.versions[-1])
 
 
 def wait_ready(url: str, process: subprocess.Popen) -> None:

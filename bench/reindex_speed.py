@@ -31,25 +31,34 @@ console = Console()
 
 
 def synthetic(home: Path, assets: int, years: float) -> tuple[Panel, Path]:
-    from market.synthetic import generate
-    from model.train import preset_config, train
+    """The synthetic market and a briefly trained small checkpoint (fascl.jobs.sample, no index),
+    made once per size under `home` and loaded from there on later runs."""
+    from fascl.jobs.sample import SampleSpec, build_sample
+    from model.train import preset_config
 
-    market = generate(n_assets=assets, years=years, seed=0)
-    model_dir = home / f"model-{assets}-{years}"
-    if not (model_dir / "best.pt").exists():
-        dates = market.panel.dates
-        config = preset_config(
+    sample_home = home / f"sample-{assets}-{years}"
+    checkpoint = sample_home / "models" / "bench" / "best.pt"
+    if checkpoint.exists():
+        return Panel.load(sample_home / "market" / "synthetic"), checkpoint
+
+    def training(panel: Panel):
+        return preset_config(
             "small",
             epochs=1,
             steps_per_epoch=2,
             warmup_epochs=0,
             batch_size=128,
-            valid_start=str(dates[-300]),
-            test_start=str(dates[-150]),
+            valid_start=str(panel.dates[-300]),
+            test_start=str(panel.dates[-150]),
             max_valid_assets=128,
         )
-        train(market.panel, config, model_dir, resume=False, console=Console(quiet=True))
-    return market.panel, model_dir / "best.pt"
+
+    shutil.rmtree(sample_home, ignore_errors=True)  # a run cut short before its checkpoint
+    spec = SampleSpec(
+        assets=assets, years=years, seed=0, gaps=(), training=training, model_name="bench", index_starts=()
+    )
+    sample = build_sample(sample_home, spec)
+    return sample.panel, sample.checkpoint
 
 
 def main() -> None:

@@ -1,20 +1,19 @@
-"""Fixtures for the index tests: a tiny checkpoint trained once, a synthetic panel with holes, and a
-published version built from them (real files under tmp paths, no mocks)."""
+"""Fixtures for the index tests: a synthetic panel with holes and a tiny checkpoint trained once
+(fascl.jobs.sample), and a published version built from them (real files under tmp paths, no mocks)."""
 
 from __future__ import annotations
 
 import io
 
-import numpy as np
 import pytest
 from rich.console import Console
 
+from fascl.jobs.sample import Gap, Sample, SampleSpec, build_sample
 from index.build import build_version
 from index.query import IndexReader
 from index.store import IndexStore
 from market.panel import Panel
-from market.synthetic import generate
-from model.train import TrainConfig, train
+from model.train import TrainConfig
 
 RANGE = ("2012-01-02", "2012-06-01")  # ~110 trading dates, Monday to Friday
 SHORT = ("2012-05-01", "2012-06-01")  # ~23 dates, for tests that build several versions
@@ -27,24 +26,32 @@ def quiet() -> Console:
 
 
 @pytest.fixture(scope="session")
-def panel() -> Panel:
-    base = generate(n_assets=60, years=2.5, seed=0).panel
-    values = base.values.copy()
-    gap = int(np.searchsorted(base.dates, np.datetime64("2012-02-01")))
-    values[:, gap : gap + 2, GAP_ASSET] = np.nan
-    values[:, 400:, GONE_ASSET] = np.nan
-    return Panel(base.dates, base.tickers, values, base.assets)
+def sample(tmp_path_factory) -> Sample:
+    """60 assets over 2.5 years (seed 0) with the two holes above; the checkpoint is trained 3 steps
+    on the market before the holes are punched, and no index version is built here."""
+    spec = SampleSpec(
+        assets=60,
+        years=2.5,
+        seed=0,
+        gaps=(Gap(GAP_ASSET, "2012-02-01", days=2), Gap(GONE_ASSET, 400)),
+        train_on_gaps=False,
+        training=TrainConfig(
+            encoder="tiny", batch_size=32, epochs=1, steps_per_epoch=3, warmup_epochs=0, threads=1
+        ),
+        model_name="synthetic-tiny",
+        index_starts=(),
+    )
+    return build_sample(tmp_path_factory.mktemp("sample"), spec)
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "synthetic-tiny"
-    market = generate(n_assets=60, years=2.5, seed=0).panel
-    config = TrainConfig(
-        encoder="tiny", batch_size=32, epochs=1, steps_per_epoch=3, warmup_epochs=0, threads=1
-    )
-    train(market, config, out, console=quiet())
-    return out / "best.pt"
+def panel(sample) -> Panel:
+    return sample.panel
+
+
+@pytest.fixture(scope="session")
+def checkpoint(sample):
+    return sample.checkpoint
 
 
 def build(checkpoint, panel, root, *, start=SHORT[0], end=SHORT[1], keep=5, **kwargs):

@@ -97,37 +97,35 @@ class Deployment:
 
 def build_deployment(home: Path, *, assets: int, years: float, index_dates: int, seed: int = 3) -> Deployment:
     """FASCL_HOME with a synthetic market of `assets` assets, a tiny checkpoint, and one version of
-    the last `index_dates` dates built by the real builder (index.build.build_version)."""
-    from rich.console import Console
-
-    from index.build import build_version
+    the last `index_dates` dates built by the real builder (fascl.jobs.sample, index.build.build_version)."""
+    from fascl.jobs.sample import SampleSpec, build_sample
     from index.store import IndexStore
-    from market.synthetic import generate, save_synthetic
-    from model.train import TrainConfig, train
+    from model.train import TrainConfig
 
-    market = generate(n_assets=assets, years=years, seed=seed)
-    panel = market.panel
-    panel_path = save_synthetic(market, home / "market" / "synthetic")
-    config = TrainConfig(
-        encoder="tiny",
-        batch_size=min(256, assets),
-        epochs=1,
-        steps_per_epoch=2,
-        warmup_epochs=0,
-        valid_start=str(panel.dates[-250]),  # a validation year before a test half-year: any
-        test_start=str(panel.dates[-120]),  # market of at least 1.5 years has both
+    def training(panel) -> TrainConfig:
+        return TrainConfig(
+            encoder="tiny",
+            batch_size=min(256, assets),
+            epochs=1,
+            steps_per_epoch=2,
+            warmup_epochs=0,
+            valid_start=str(panel.dates[-250]),  # a validation year before a test half-year: any
+            test_start=str(panel.dates[-120]),  # market of at least 1.5 years has both
+        )
+
+    spec = SampleSpec(
+        assets=assets,
+        years=years,
+        seed=seed,
+        gaps=(),
+        training=training,
+        index_starts=(-index_dates,),
+        keep=100,
     )
-    model_dir = home / "models" / "tiny"
-    train(panel, config, model_dir, resume=False, console=Console(quiet=True))
-    result = build_version(
-        model_dir / "best.pt",
-        panel,
-        start=str(panel.dates[-index_dates]),
-        store=IndexStore(home / "indexes", keep=100),
-        data_source=str(panel_path),
-        progress=False,
-    )
-    return Deployment(home, panel_path, model_dir / "best.pt", result.version, assets, result.n_dates)
+    sample = build_sample(home, spec)
+    version = sample.versions[0]
+    n_dates = len(IndexStore(home / "indexes", keep=100).open_version(version, verify="lazy").dates)
+    return Deployment(home, sample.panel_path, sample.checkpoint, version, assets, n_dates)
 
 
 def clone_home(deployment: Deployment, home: Path) -> Path:
