@@ -74,9 +74,10 @@ async def drive(app, paths: list[str], n: int) -> tuple[float, list[dict]]:
 
 
 async def run(args) -> None:
+    from fascl.settings import get_settings
     from service.app import create_app
 
-    app = create_app()
+    app = create_app(get_settings())
     async with app.router.lifespan_context(app):
         if app.state.registry.current is None:
             raise SystemExit(

@@ -7,15 +7,17 @@ connection whose head is not complete within FASCL_HEADER_TIMEOUT_SECONDS of its
 connecting), answering 408, and one whose head passes MAX_HEAD_BYTES, answering 431. Everything
 else is uvicorn's httptools protocol unchanged. A reverse proxy in front may add its own limits;
 this is what the service does on its own.
+
+The deadline is given, not read from the environment: `guarded_protocol(seconds)` is what
+`fascl serve` passes to uvicorn as `http=`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-from fascl.settings import get_settings
 
 MAX_HEAD_BYTES = 64 * 1024  # the URL and every header together: 64 kB is far above any real request
 
@@ -52,10 +54,16 @@ def document_head_limits(app) -> None:
     app.openapi = openapi
 
 
+def guarded_protocol(header_timeout: float) -> functools.partial:
+    """The protocol factory for uvicorn's `http=`, with the head deadline in seconds. A partial of
+    the class, not a subclass made here: uvicorn pickles its config for its worker processes."""
+    return functools.partial(GuardedHttpToolsProtocol, header_timeout=header_timeout)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, header_timeout: float, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timeout = get_settings().header_timeout_seconds
+        self.header_timeout = header_timeout
         self.head_deadline: asyncio.TimerHandle | None = None
         self.head_bytes = 0
 

@@ -1,4 +1,7 @@
-"""One error shape for every failure: {"error": {"code", "message", "detail"}}."""
+"""One error shape for every failure: {"error": {"code", "message", "detail"}}.
+
+`error_body` makes the inner object, for the handlers here and for the per-item errors of
+POST /similar; `to_api_error` turns the index's query errors into API errors."""
 
 from __future__ import annotations
 
@@ -12,12 +15,22 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from index.errors import IndexCorruptError
+from index.errors import (
+    DateOutOfRange,
+    IndexCorruptError,
+    NoDataOnDate,
+    QueryError,
+    UnknownExchange,
+    UnknownSector,
+    UnknownTicker,
+    UnknownTickers,
+)
 
 log = logging.getLogger("fascl.service")
 
 
 EXCERPT_CHARS = 40
+UNKNOWN_LISTED = 20  # unknown tickers of an `among` universe named in an error
 
 
 def excerpt(value: object) -> str:
@@ -34,9 +47,46 @@ class APIError(Exception):
         self.status, self.code, self.message, self.detail = status, code, message, detail
 
 
+def error_body(code: str, message: str, detail: Any = None) -> dict:
+    """The error object: under "error" in a response, or in a batch item in place of its result."""
+    return {"code": code, "message": message, "detail": detail}
+
+
 def error_response(status: int, code: str, message: str, detail: Any = None, headers=None) -> Response:
-    body = orjson.dumps({"error": {"code": code, "message": message, "detail": detail}})
+    body = orjson.dumps({"error": error_body(code, message, detail)})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def to_api_error(exc: QueryError) -> APIError:
+    """The API error of an index query error: its status, code and a detail a client can act on."""
+    if isinstance(exc, UnknownTicker):
+        return APIError(
+            404, "unknown_ticker", str(exc), {"ticker": exc.ticker, "close_matches": exc.suggestions}
+        )
+    if isinstance(exc, NoDataOnDate):
+        detail = {
+            "ticker": exc.ticker,
+            "date": exc.date.isoformat(),
+            "available_from": exc.first.isoformat() if exc.first else None,
+            "available_to": exc.last.isoformat() if exc.last else None,
+        }
+        return APIError(404, "no_data_on_date", str(exc), detail)
+    if isinstance(exc, DateOutOfRange):
+        detail = {"date": exc.date.isoformat(), "first": exc.first.isoformat(), "last": exc.last.isoformat()}
+        return APIError(404, "date_out_of_range", str(exc), detail)
+    if isinstance(exc, UnknownSector):
+        return APIError(422, "unknown_sector", str(exc), {"sector": exc.value, "valid": exc.valid})
+    if isinstance(exc, UnknownTickers):
+        # A long universe of unknown tickers names the first few: the answer stays small.
+        detail = {
+            "unknown": exc.values[:UNKNOWN_LISTED],
+            "unknown_count": len(exc.values),
+            "close_matches": {t: m for t, m in exc.suggestions.items() if t in exc.values[:UNKNOWN_LISTED]},
+        }
+        return APIError(422, "unknown_tickers", str(exc), detail)
+    if isinstance(exc, UnknownExchange):
+        return APIError(422, "unknown_exchange", str(exc), {"exchange": exc.value, "valid": exc.valid})
+    return APIError(422, "invalid_query", str(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

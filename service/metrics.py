@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest, multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from service.registry import IndexRegistry
 
 # Buckets in seconds, dense below 10 ms where the similarity route lives.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
@@ -73,6 +77,15 @@ class ServiceMetrics:
         """A worker's shutdown: its live gauges leave the aggregate (its histogram counts stay)."""
         if self.multiprocess:
             multiprocess.mark_process_dead(os.getpid())
+
+
+def publish_index_metrics(registry: IndexRegistry, metrics: ServiceMetrics) -> None:
+    """The served version and the swap count, after a start or a swap (nothing while none is served)."""
+    snap = registry.current
+    if snap is None:
+        return
+    metrics.serving(snap.index_version, snap.model_version)
+    metrics.swaps.set(registry.swaps)
 
 
 class MetricsMiddleware:

@@ -1,17 +1,38 @@
-"""Query parameters of GET /similar, parsed by hand.
+"""A similarity query, parsed once: `PeerQuery`, from GET /similar's parameters or a POST /similar item.
 
 The hot route reads its parameters here rather than through FastAPI's per-parameter validation,
 which measured at most of the request's cost (eight parameters, each resolved through annotations
 on every call). The rules and messages match what FastAPI would give, in the service's error shape;
-SIMILAR_PARAMETERS documents them in the OpenAPI schema.
+SIMILAR_PARAMETERS documents them in the OpenAPI schema. A batch item, validated by its pydantic
+model, becomes the same object; the date of either is parsed here, and only here.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
 from starlette.datastructures import QueryParams
 
 from service.errors import APIError, excerpt
-from service.schemas import MAX_AMONG_QUERY, MAX_DATE, MAX_K, MAX_NAME, MAX_TICKER
+from service.schemas import MAX_AMONG_QUERY, MAX_DATE, MAX_K, MAX_NAME, MAX_TICKER, SimilarQuery
+
+
+@dataclass(frozen=True, slots=True)
+class PeerQuery:
+    """One similarity query, validated: what service.similar.answer takes. (Not the batch item's
+    pydantic model, SimilarQuery, whose name the OpenAPI schema shows.)"""
+
+    ticker: str
+    date: dt.date | None  # None: the newest indexed date
+    k: int = 10
+    sector: str | None = None
+    exchange: str | None = None
+    exclude_same_sector: bool = False
+    min_score: float | None = None
+    include_realized: bool = False
+    among: tuple[str, ...] | None = None  # only peers among these tickers
+
 
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -107,7 +128,19 @@ def parse_ticker(value: str, field: str = "ticker") -> str:
     return value
 
 
-def _tickers(value: str | None) -> list[str] | None:
+def parse_date(value: str | None) -> dt.date | None:
+    """A YYYY-MM-DD date, None for none given (or empty), or a 422 `invalid_date`."""
+    if value is None or value == "":
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise APIError(
+            422, "invalid_date", f"date {excerpt(value)} is not a valid YYYY-MM-DD date", {"date": value[:40]}
+        ) from None
+
+
+def _tickers(value: str | None) -> tuple[str, ...] | None:
     if not value:
         return None
     if len(value) > MAX_AMONG_QUERY:
@@ -116,7 +149,7 @@ def _tickers(value: str | None) -> list[str] | None:
             f"Input should have at most {MAX_AMONG_QUERY:,} characters, not {len(value):,}; "
             "send a larger universe through POST /similar as a list",
         )
-    tickers = [parse_ticker(t.strip(), "among") for t in value.split(",") if t.strip()]
+    tickers = tuple(parse_ticker(t.strip(), "among") for t in value.split(",") if t.strip())
     if not tickers:
         raise _invalid("among", f"Input should be comma-separated tickers, not {excerpt(value)}")
     return tickers
@@ -125,8 +158,9 @@ def _tickers(value: str | None) -> list[str] | None:
 QUERY_NAMES = [p["name"] for p in SIMILAR_PARAMETERS if p["in"] == "query"]
 
 
-def parse_similar_params(params: QueryParams) -> dict:
-    """Keyword arguments for service.similar.answer, or a 422 APIError naming the field."""
+def parse_similar_query(ticker: str, params: QueryParams) -> PeerQuery:
+    """GET /similar/{ticker}'s query (the ticker checked by parse_ticker), or a 422 APIError naming
+    the field. The date is parsed last: of several faults, the others are named first, as always."""
     if len(params) != len(params.multi_items()):  # a parameter given twice: which one was meant?
         for name in QUERY_NAMES:
             if len(params.getlist(name)) > 1:
@@ -150,13 +184,36 @@ def parse_similar_params(params: QueryParams) -> dict:
             raise _invalid("min_score", f"Input should be a valid number, not {excerpt(min_text)}") from None
         if not -1 <= min_score <= 1:
             raise _invalid("min_score", f"Input should be between -1 and 1, not {excerpt(min_text)}")
-    return {
-        "date": _text(params, "date", MAX_DATE),
-        "k": k,
-        "sector": _text(params, "sector", MAX_NAME),
-        "exchange": _text(params, "exchange", MAX_NAME),
-        "exclude_same_sector": _bool(params, "exclude_same_sector"),
-        "min_score": min_score,
-        "include_realized": _bool(params, "include_realized"),
-        "among": _tickers(params.get("among")),
-    }
+    date = _text(params, "date", MAX_DATE)
+    sector = _text(params, "sector", MAX_NAME)
+    exchange = _text(params, "exchange", MAX_NAME)
+    exclude_same_sector = _bool(params, "exclude_same_sector")
+    include_realized = _bool(params, "include_realized")
+    among = _tickers(params.get("among"))
+    return PeerQuery(
+        ticker=ticker,
+        date=parse_date(date),
+        k=k,
+        sector=sector,
+        exchange=exchange,
+        exclude_same_sector=exclude_same_sector,
+        min_score=min_score,
+        include_realized=include_realized,
+        among=among,
+    )
+
+
+def peer_query(item: SimilarQuery) -> PeerQuery:
+    """A POST /similar item (validated by its model) as the query GET would parse; its date is
+    checked here, with GET's error."""
+    return PeerQuery(
+        ticker=item.ticker,
+        date=parse_date(item.date),
+        k=item.k,
+        sector=item.sector,
+        exchange=item.exchange,
+        exclude_same_sector=item.exclude_same_sector,
+        min_score=item.min_score,
+        include_realized=item.include_realized,
+        among=None if item.among is None else tuple(item.among),
+    )

@@ -7,62 +7,11 @@ import datetime as dt
 import numpy as np
 import orjson
 
-from index.errors import (
-    DateOutOfRange,
-    NoDataOnDate,
-    QueryError,
-    UnknownExchange,
-    UnknownSector,
-    UnknownTicker,
-    UnknownTickers,
-)
+from index.errors import QueryError
 from model.targets import HORIZON, future_returns, pearson_matrix
-from service.errors import APIError, excerpt
+from service.errors import to_api_error
+from service.params import PeerQuery
 from service.registry import Snapshot
-
-UNKNOWN_LISTED = 20
-
-
-def parse_date(value: str | None) -> dt.date | None:
-    if value is None or value == "":
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise APIError(
-            422, "invalid_date", f"date {excerpt(value)} is not a valid YYYY-MM-DD date", {"date": value[:40]}
-        ) from None
-
-
-def to_api_error(exc: QueryError) -> APIError:
-    if isinstance(exc, UnknownTicker):
-        return APIError(
-            404, "unknown_ticker", str(exc), {"ticker": exc.ticker, "close_matches": exc.suggestions}
-        )
-    if isinstance(exc, NoDataOnDate):
-        detail = {
-            "ticker": exc.ticker,
-            "date": exc.date.isoformat(),
-            "available_from": exc.first.isoformat() if exc.first else None,
-            "available_to": exc.last.isoformat() if exc.last else None,
-        }
-        return APIError(404, "no_data_on_date", str(exc), detail)
-    if isinstance(exc, DateOutOfRange):
-        detail = {"date": exc.date.isoformat(), "first": exc.first.isoformat(), "last": exc.last.isoformat()}
-        return APIError(404, "date_out_of_range", str(exc), detail)
-    if isinstance(exc, UnknownSector):
-        return APIError(422, "unknown_sector", str(exc), {"sector": exc.value, "valid": exc.valid})
-    if isinstance(exc, UnknownTickers):
-        # A long universe of unknown tickers names the first few: the answer stays small.
-        detail = {
-            "unknown": exc.values[:UNKNOWN_LISTED],
-            "unknown_count": len(exc.values),
-            "close_matches": {t: m for t, m in exc.suggestions.items() if t in exc.values[:UNKNOWN_LISTED]},
-        }
-        return APIError(422, "unknown_tickers", str(exc), detail)
-    if isinstance(exc, UnknownExchange):
-        return APIError(422, "unknown_exchange", str(exc), {"exchange": exc.value, "valid": exc.valid})
-    return APIError(422, "invalid_query", str(exc))
 
 
 def realized_correlations(snapshot: Snapshot, as_of: dt.date, query_id: int, peer_ids: list[int]) -> list:
@@ -82,34 +31,23 @@ def realized_correlations(snapshot: Snapshot, as_of: dt.date, query_id: int, pee
     return [round(float(corr[i + 1]), 6) if valid[i + 1] else None for i in range(len(peer_ids))]
 
 
-def answer(
-    snapshot: Snapshot,
-    ticker: str,
-    date: str | None,
-    k: int,
-    sector: str | None = None,
-    exchange: str | None = None,
-    exclude_same_sector: bool = False,
-    min_score: float | None = None,
-    include_realized: bool = False,
-    among: list[str] | None = None,
-) -> dict:
-    requested = parse_date(date)
+def answer(snapshot: Snapshot, query: PeerQuery) -> dict:
+    """The answer to one query, JSON-ready, or the APIError of its index error."""
     try:
         result = snapshot.reader.similar(
-            ticker,
-            requested,
-            k,
-            sector=sector,
-            exchange=exchange,
-            exclude_same_sector=exclude_same_sector,
-            min_score=min_score,
-            among=among,
+            query.ticker,
+            query.date,
+            query.k,
+            sector=query.sector,
+            exchange=query.exchange,
+            exclude_same_sector=query.exclude_same_sector,
+            min_score=query.min_score,
+            among=query.among,
         )
     except QueryError as exc:
         raise to_api_error(exc) from None
     peers = [(n.asset_id, n.score) for n in result.neighbors]
-    return _payload(snapshot, result.asset_id, requested, result.as_of, peers, include_realized)
+    return _payload(snapshot, result.asset_id, query.date, result.as_of, peers, query.include_realized)
 
 
 def _payload(snapshot, aid: int, requested, as_of: dt.date, peers: list[tuple[int, float]], include_realized):

@@ -36,7 +36,7 @@ def serve(
     """Serve GET /similar/{ticker} and friends from the active index version."""
     import uvicorn
 
-    from service.connection import GuardedHttpToolsProtocol
+    from service.connection import guarded_protocol
 
     settings = get_settings()
     threads = omp_threads or settings.omp_threads
@@ -55,7 +55,8 @@ def serve(
             workers=workers,
             log_level=log_level,
             access_log=False,  # a log line per request costs more than the query; /metrics has the counts
-            http=GuardedHttpToolsProtocol,  # request heads must arrive in time and within a size
+            # request heads must arrive in time and within a size
+            http=guarded_protocol(settings.header_timeout_seconds),
         )
     finally:
         if shared is not None and not given:
