@@ -41,7 +41,7 @@ from index.errors import (
 from index.store import IndexStore, IndexVersion
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-MAX_K = 1000
+MAX_NEIGHBORS = 1000  # the most neighbors a query returns (the service allows fewer: service.schemas.MAX_K)
 # Unfiltered queries for k up to a date's table width are row lookups. Builds store a top-K table
 # per date (index.build.NEIGHBORS); the newest date's, if narrower than `hot_neighbors`, is computed
 # at open by one all-pairs faiss search (0.2 s at 5,000 assets; O(N^2 d), hence the size cap), so
@@ -404,8 +404,8 @@ class IndexReader:
         aid = self._ids.get(ticker)
         if aid is None:
             aid = self.asset_id(ticker)
-        if not 0 < k <= MAX_K:
-            raise QueryError(f"k must be between 1 and {MAX_K}, not {k}")
+        if not 0 < k <= MAX_NEIGHBORS:
+            raise QueryError(f"k must be between 1 and {MAX_NEIGHBORS}, not {k}")
         pos, requested = self._position(date) if date is not None else (len(self._dates) - 1, None)
         entry = self._entry(pos)
         if not entry.present[aid]:
@@ -562,8 +562,8 @@ class IndexReader:
                 continue
             try:
                 aid = self.asset_id(spec["ticker"])
-                if not 0 < spec["k"] <= MAX_K:
-                    raise QueryError(f"k must be between 1 and {MAX_K}, not {spec['k']}")
+                if not 0 < spec["k"] <= MAX_NEIGHBORS:
+                    raise QueryError(f"k must be between 1 and {MAX_NEIGHBORS}, not {spec['k']}")
                 pos, requested = self._position(spec["date"])
                 excluded = self._sector[aid] if spec["exclude_same_sector"] else None
                 self._filter(spec["sector"], spec["exchange"], excluded)  # validates
