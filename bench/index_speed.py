@@ -133,10 +133,6 @@ def bench_queries(n: int, d: int, queries: int, threads: int) -> list[tuple[str,
             t0 = time.perf_counter_ns()
             reader.similar(t, reader.dates[0], k=10)
             history_ns.append(time.perf_counter_ns() - t0)
-        batch = [(t, None) for t in reader.tickers[:1000]]
-        t0 = time.perf_counter()
-        reader.similar_batch(batch, k=10)
-        batch_us = (time.perf_counter() - t0) / len(batch) * 1e6
 
         table = Table(title=f"single-query latency, N={n:,} d={d}, k=10, faiss threads={threads} (us)")
         for column in ("query", "library p50", "library p99", "raw faiss p50", "raw faiss p99", "ratio p50"):
@@ -158,7 +154,6 @@ def bench_queries(n: int, d: int, queries: int, threads: int) -> list[tuple[str,
         table.add_row(
             "similar(ticker, historical date)", f"{pct(history_ns, 50):.1f}", f"{pct(history_ns, 99):.1f}"
         )
-        table.add_row("similar_batch, 1,000 queries", f"{batch_us:.1f} per query")
         console.print(table)
         console.print(f"IndexReader open (newest date loaded + its all-pairs top-50): {open_s:.2f} s")
         for label, r in (

@@ -14,7 +14,6 @@ from index.errors import (
     UnknownExchange,
     UnknownSector,
     UnknownTicker,
-    UnknownTickers,
 )
 from tests.index.conftest import GAP_ASSET, GONE_ASSET, build
 
@@ -223,39 +222,6 @@ def generated_ticker(position: int) -> str:
     return str(generate(n_assets=60, years=2.5, seed=0).panel.tickers[position])
 
 
-def test_similar_batch(reader):
-    queries = [reader.tickers[0], (reader.tickers[1], "2012-03-03"), {"ticker": reader.tickers[2], "k": 3}]
-    queries += [{"ticker": t, "date": "2012-04-10", "sector": "Technology"} for t in reader.tickers[8:14]]
-    queries += [{"ticker": reader.tickers[3], "among": reader.tickers[20:30]}]
-    batch = reader.similar_batch(queries, k=6)
-    singles = [
-        reader.similar(reader.tickers[0], k=6),
-        reader.similar(reader.tickers[1], "2012-03-03", k=6),
-        reader.similar(reader.tickers[2], k=3),
-    ] + [reader.similar(t, "2012-04-10", k=6, sector="Technology") for t in reader.tickers[8:14]]
-    singles += [reader.similar(reader.tickers[3], k=6, among=reader.tickers[20:30])]
-    assert {n.ticker for n in batch[-1].neighbors} <= set(reader.tickers[20:30])
-    for got, want in zip(batch, singles, strict=True):
-        assert got.as_of == want.as_of and got.ticker == want.ticker
-        assert [n.asset_id for n in got.neighbors] == [n.asset_id for n in want.neighbors]
-        np.testing.assert_allclose(
-            [n.score for n in got.neighbors], [n.score for n in want.neighbors], atol=1e-6
-        )
-    mixed = reader.similar_batch(
-        [
-            reader.tickers[0],
-            "NOPE",
-            (reader.tickers[0], "1999-01-01"),
-            {"ticker": reader.tickers[0], "among": ["NOPE"]},
-        ],
-        errors="return",
-    )
-    assert mixed[0].neighbors and isinstance(mixed[1], UnknownTicker) and isinstance(mixed[2], DateOutOfRange)
-    assert isinstance(mixed[3], UnknownTickers) and mixed[3].values == ["NOPE"]
-    with pytest.raises(UnknownTicker):
-        reader.similar_batch(["NOPE"])
-
-
 def test_lru_loads_history_lazily(built):
     from index.query import IndexReader
 
@@ -348,8 +314,3 @@ def test_a_version_without_tables_searches(checkpoint, panel, tmp_path, reader):
             np.testing.assert_allclose(
                 [n.score for n in a.neighbors], [n.score for n in b.neighbors], atol=1e-5
             )
-
-
-def test_batch_answers_as_single_queries(reader):
-    batch = reader.similar_batch(reader.tickers, k=5)
-    assert [r.neighbors for r in batch] == [reader.similar(t, k=5).neighbors for t in reader.tickers]
