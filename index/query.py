@@ -42,6 +42,7 @@ from index.store import IndexStore, IndexVersion
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 MAX_NEIGHBORS = 1000  # the most neighbors a query returns (the service allows fewer: service.schemas.MAX_K)
+DEFAULT_CACHE_BYTES = 2**30  # the LRU of historical dates, unless the caller sizes it (FASCL_INDEX_CACHE_MB)
 # Unfiltered queries for k up to a date's table width are row lookups. Builds store a top-K table
 # per date (index.build.NEIGHBORS); the newest date's, if narrower than `hot_neighbors`, is computed
 # at open by one all-pairs faiss search (0.2 s at 5,000 assets; O(N^2 d), hence the size cap), so
@@ -153,9 +154,10 @@ def _to_date(value) -> dt.date:
 class IndexReader:
     """Similarity queries against one index version.
 
-    `IndexReader(version=None)` opens the latest version under FASCL_HOME/indexes (or `root` /
-    `store`); pass an `IndexVersion` to reuse one already opened. Thread-safe: searches run
-    concurrently, date loads are serialised."""
+    `IndexReader(version=None, root=...)` opens the latest version of the store at `root` (or
+    `store`); pass an `IndexVersion` to reuse one already opened. `cache_bytes` bounds the LRU of
+    historical dates; `omp_threads`, when given, sets faiss's threads (index.ann.set_threads).
+    Thread-safe: searches run concurrently, date loads are serialised."""
 
     def __init__(
         self,
@@ -163,21 +165,20 @@ class IndexReader:
         *,
         store: IndexStore | None = None,
         root: str | Path | None = None,
-        cache_bytes: int | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         omp_threads: int | None = None,
         verify: str = "auto",
         hot_neighbors: int = HOT_NEIGHBORS,
     ):
-        ann.set_threads(omp_threads)
+        if omp_threads is not None:
+            ann.set_threads(omp_threads)
         if isinstance(version, IndexVersion):
             self._version = version
         else:
+            if store is None and root is None:
+                raise TypeError("IndexReader needs the store (or its root) to open a version by name")
             store = store or IndexStore(root)
             self._version = store.open_version(version, verify=verify)
-        if cache_bytes is None:
-            from fascl.settings import get_settings
-
-            cache_bytes = get_settings().index_cache_mb * 2**20
         self.cache_bytes = int(cache_bytes)
         v = self._version
         m = v.manifest
