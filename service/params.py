@@ -190,16 +190,9 @@ def parse_similar_query(ticker: str, params: QueryParams) -> PeerQuery:
     exclude_same_sector = _bool(params, "exclude_same_sector")
     include_realized = _bool(params, "include_realized")
     among = _tickers(params.get("among"))
+    # Positional, in the field order: a frozen dataclass's keyword init costs more, per request.
     return PeerQuery(
-        ticker=ticker,
-        date=parse_date(date),
-        k=k,
-        sector=sector,
-        exchange=exchange,
-        exclude_same_sector=exclude_same_sector,
-        min_score=min_score,
-        include_realized=include_realized,
-        among=among,
+        ticker, parse_date(date), k, sector, exchange, exclude_same_sector, min_score, include_realized, among
     )
 
 
