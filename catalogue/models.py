@@ -1,10 +1,11 @@
-"""SQL schema of the service: what it joins and audits. Changed only through Alembic migrations."""
+"""SQL schema of the catalogue: what is served, to whom, and what the jobs did. Changed only through
+Alembic migrations."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -76,6 +77,27 @@ class ReindexRun(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     pid: Mapped[int | None] = mapped_column(Integer)  # the process running it, on `host`
     host: Mapped[str | None] = mapped_column(String(255))
+    # JSON: the inbox files taken, corrected, ignored and quarantined by this run, with bar counts
+    ingest_summary: Mapped[str | None] = mapped_column(Text)
+
+
+class IngestedFile(Base):
+    """One bar file taken from the inbox (or quarantined), known by its content: a file delivered
+    again under any name is recognised here and changes nothing."""
+
+    __tablename__ = "ingested_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # ingested | quarantined
+    bars_added: Mapped[int] = mapped_column(Integer, default=0)
+    bars_corrected: Mapped[int] = mapped_column(Integer, default=0)  # a past bar replaced by new values
+    bars_identical: Mapped[int] = mapped_column(Integer, default=0)  # already in the panel as they are
+    reason: Mapped[str] = mapped_column(Text, default="")  # why it was quarantined
+    reindex_run_id: Mapped[int | None] = mapped_column(ForeignKey("reindex_runs.id"))
+    ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ApiKey(Base):

@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file under HOME")
     omp_threads: int = Field(1, ge=1, description="OpenMP/torch threads per process")
     index_keep: int = Field(3, ge=1, description="Index versions kept under HOME/indexes (newest first)")
+    inbox: Path | None = Field(
+        None,
+        description="Folder where bar files (CSV or Parquet long tables) are dropped for the reindex job "
+        "to merge into the panel; default HOME/inbox",
+    )
     index_cache_mb: int = Field(
         1024, ge=0, description="Memory bound of the query side's LRU of historical dates, in MiB"
     )
@@ -50,12 +55,31 @@ class Settings(BaseSettings):
         5.0, gt=0, description="The longest any SQL call of the service waits (connect, lock, statement)"
     )
 
+    # the scheduler (`fascl schedule`)
+    reindex_schedule: str = Field(
+        "30 18 * * mon-fri",
+        description="When `fascl schedule` runs the reindex job: crontab fields (minute hour day month "
+        "weekday, weekdays by name) in FASCL_SCHEDULE_TIMEZONE; default 18:30 every weekday",
+    )
+    retrain_schedule: str | None = Field(
+        None,
+        description="When `fascl schedule` runs `fascl retrain` (crontab fields, as FASCL_REINDEX_SCHEDULE); "
+        "unset: never. The scheduler refuses to start with it set while no `retrain` command exists",
+    )
+    schedule_timezone: str = Field(
+        "UTC", description="IANA time zone of the schedules, e.g. UTC, Europe/London, America/New_York"
+    )
+
     @property
     def market_dir(self) -> Path:
         return self.home / "market"
 
     def panel_path(self, name: str | None = None) -> Path:
         return self.market_dir / (name or self.dataset)
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.inbox or self.home / "inbox"
 
     @property
     def models_dir(self) -> Path:

@@ -35,6 +35,13 @@ def reindex(
     keep_days: Annotated[
         int | None, typer.Option(min=1, help="Index only the last N trading days (default: the active range)")
     ] = None,
+    inbox: Annotated[
+        bool,
+        typer.Option(
+            help="Merge the bar files dropped in FASCL_INBOX (default HOME/inbox) into the panel first: new "
+            "bars added, corrected past bars applied, files seen before ignored, bad files quarantined"
+        ),
+    ] = True,
     every_day_at: Annotated[
         str | None, typer.Option(help="Run forever, once a day at this UTC time (HH:MM)")
     ] = None,
@@ -70,6 +77,7 @@ def reindex(
             source=source,
             assets=assets,
             keep_days=keep_days,
+            inbox=inbox,
             console=console,
         )
         colour = {"succeeded": "green", "up_to_date": "cyan"}.get(outcome.status, "red")
@@ -77,7 +85,7 @@ def reindex(
             f"[{colour}]reindex {outcome.status}[/]: {outcome.message} (version {outcome.index_version})"
         )
         if every_day_at is None:
-            if outcome.status == "failed":
+            if outcome.status in ("failed", "refused"):
                 raise typer.Exit(1)
             return
 

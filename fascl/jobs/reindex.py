@@ -25,6 +25,8 @@ from catalogue.models import ReindexRun, utcnow
 from catalogue.repository import active_index
 from catalogue.sessions import make_engine, session_factory, session_scope
 from fascl.jobs.activation import activate_version, prune
+from fascl.jobs.ingest import IngestResult, ingest_inbox
+from fascl.jobs.lock import RunLocked, run_lock
 from fascl.jobs.publish import publish_version, reuse_source
 from fascl.jobs.stages import reached
 from fascl.settings import Settings
@@ -40,10 +42,11 @@ STALE_AFTER = dt.timedelta(days=2)
 
 @dataclass
 class ReindexOutcome:
-    status: str  # "succeeded" | "up_to_date" | "failed"
+    status: str  # "succeeded" | "up_to_date" | "failed" | "refused" (another run holds the lock)
     index_version: str | None
     dates_added: int
     message: str
+    ingest: IngestResult | None = None
 
 
 def _window_start(panel: Panel, first_kept: dt.date | None, keep_days: int | None) -> str:
@@ -61,11 +64,54 @@ def run_reindex(
     source: Path | None = None,
     assets: Path | None = None,
     keep_days: int | None = None,
+    inbox: bool = True,
     console: Console | None = None,
 ) -> ReindexOutcome:
     """One reindex: optional re-import of `source` (with `assets` metadata for its new tickers) into
-    the panel, then a new index version if there are new dates."""
+    the panel, the inbox's bar files merged in (fascl/jobs/ingest.py; `inbox=False` leaves them),
+    then a new index version if there are new or corrected dates. One run at a time: a run that
+    finds another holding the lock changes nothing and says so (status "refused")."""
     console = console or Console()
+    try:
+        with run_lock(settings.sqlalchemy_url, "reindex"):
+            return _recorded_run(settings, model, data, source, assets, keep_days, inbox, console)
+    except RunLocked as exc:
+        return ReindexOutcome("refused", None, 0, f"{exc}; {_lock_holder(settings)}")
+    except SQLAlchemyError as exc:  # the lock itself needs the database (PostgreSQL)
+        return _unreachable(exc)
+
+
+def _unreachable(exc: Exception) -> ReindexOutcome:
+    first_line = str(exc).splitlines()[0]
+    return ReindexOutcome(
+        "failed",
+        None,
+        0,
+        f"the database is unreachable or not migrated (`fascl db upgrade`) ({first_line}); nothing was changed",
+    )
+
+
+def _lock_holder(settings: Settings) -> str:
+    """What the catalogue says about the run holding the lock."""
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with session_factory(engine)() as session:
+            run = session.scalar(
+                select(ReindexRun)
+                .where(ReindexRun.status == "running")
+                .order_by(ReindexRun.id.desc())
+                .limit(1)
+            )
+    except SQLAlchemyError:
+        run = None
+    finally:
+        engine.dispose()
+    if run is None:
+        return "the run holding it has not recorded itself yet"
+    return f"it is run {run.id}, pid {run.pid} on {run.host}, started {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _recorded_run(settings, model, data, source, assets, keep_days, inbox, console) -> ReindexOutcome:
     engine = make_engine(settings.sqlalchemy_url)
     factory = session_factory(engine)
     try:
@@ -78,15 +124,9 @@ def run_reindex(
             run_id = run.id
     except SQLAlchemyError as exc:  # nowhere to record the run: report it, change nothing
         engine.dispose()
-        first_line = str(exc).splitlines()[0]
-        return ReindexOutcome(
-            "failed",
-            None,
-            0,
-            f"the database is unreachable or not migrated (`fascl db upgrade`) ({first_line}); nothing was changed",
-        )
+        return _unreachable(exc)
     try:
-        outcome = _reindex(settings, factory, model, data, source, assets, keep_days, console)
+        outcome = _reindex(settings, factory, run_id, model, data, source, assets, keep_days, inbox, console)
     except Exception as exc:
         outcome = ReindexOutcome("failed", None, 0, f"{exc.__class__.__name__}: {exc}")
     with session_scope(factory) as session:
@@ -146,7 +186,9 @@ def mark_abandoned_runs(session) -> list[ReindexRun]:
     return stale
 
 
-def _reindex(settings, factory, model, data, source, assets, keep_days, console) -> ReindexOutcome:
+def _reindex(
+    settings, factory, run_id, model, data, source, assets, keep_days, inbox, console
+) -> ReindexOutcome:
     store = IndexStore(settings.indexes_dir, keep=settings.index_keep)
     with factory() as session:
         current = active_index(session)
@@ -166,6 +208,13 @@ def _reindex(settings, factory, model, data, source, assets, keep_days, console)
             source, panel_path, assets=merged_metadata(panel_path, assets), keep_files=KEEP_FILES
         )
         console.print(f"imported {report.rows_imported:,} rows from {source}")
+    ingest = None
+    if inbox:
+        ingest = ingest_inbox(
+            factory, settings.inbox_dir, panel_path, run_id=run_id, keep_files=KEEP_FILES, console=console
+        )
+        with session_scope(factory) as session:
+            session.get(ReindexRun, run_id).ingest_summary = ingest.to_json()
     panel = Panel.load(panel_path)
     checkpoint = model or (Path(old.manifest["model"]["checkpoint"]) if old else None)
     if checkpoint is None:
@@ -174,8 +223,10 @@ def _reindex(settings, factory, model, data, source, assets, keep_days, console)
     last_indexed = np.datetime64(old.manifest["dates"][-1]) if old else None
     new_dates = int((panel.dates > last_indexed).sum()) if last_indexed is not None else panel.n_dates
     same_model = old is not None and model is None
-    if same_model and new_dates == 0:
-        return ReindexOutcome("up_to_date", old.version, 0, f"no bars after {last_indexed}")
+    corrected = ingest is not None and any(f.bars_corrected for f in ingest.files)
+    if same_model and new_dates == 0 and not corrected:
+        message = f"no bars after {last_indexed}" + (f"; {ingest.line()}" if ingest and ingest.files else "")
+        return ReindexOutcome("up_to_date", old.version, 0, message, ingest)
 
     first_kept = dt.date.fromisoformat(old.manifest["dates"][0]) if old else None
     start = _window_start(panel, first_kept, keep_days)
@@ -193,8 +244,9 @@ def _reindex(settings, factory, model, data, source, assets, keep_days, console)
         f"{new_dates} new; {result.embedded_dates} embedded, {result.reused_dates} reused from "
         f"{old.version if old else 'no earlier version'}"
         + (f"; pruned {', '.join(pruned)}" if pruned else "")
+        + (f"; {ingest.line()}" if ingest and ingest.files else "")
     )
-    return ReindexOutcome("succeeded", result.version, new_dates, message)
+    return ReindexOutcome("succeeded", result.version, new_dates, message, ingest)
 
 
 def merged_metadata(panel_path: Path, assets: Path | None) -> pd.DataFrame | None:

@@ -6,7 +6,7 @@ from catalogue.migrate import downgrade, upgrade
 from catalogue.models import Base
 from catalogue.sessions import make_engine
 
-TABLES = {"assets", "model_versions", "index_versions", "reindex_runs", "api_keys"}
+TABLES = {"assets", "model_versions", "index_versions", "reindex_runs", "api_keys", "ingested_files"}
 
 
 def test_upgrade_from_empty_then_downgrade_back(database_url):

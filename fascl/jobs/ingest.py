@@ -1,0 +1,228 @@
+"""Bars from the inbox: new files merged into the panel, each file once, bad files quarantined.
+
+The inbox is a folder (FASCL_INBOX, default HOME/inbox) where a data vendor drops bar files: CSV or
+Parquet long tables (date, ticker, open, high, low, close, volume[, amount]) of any date range,
+one day or a month. Each run of the reindex job takes every file in it:
+
+- a bar for a new (date, ticker) is added; a bar that differs from the panel's for a past date is a
+  correction: applied, counted, and recorded with the file; a bar equal to the panel's is ignored;
+- a file whose content was taken before (under any name: the ledger in SQL is keyed by sha256)
+  changes nothing;
+- a file that cannot be read or validated goes to inbox/quarantine/ with a `.reason.txt` beside it,
+  and the good files proceed.
+
+Order makes it safe to kill at any point: the merged panel is saved atomically first, then the
+ledger rows are committed, then the files are moved out of the inbox. A rerun after a kill finds
+either the same files and an unchanged panel (it merges them again), or files already merged
+(their bars are now identical: ignored), or files already in the ledger (duplicates)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from catalogue.models import IngestedFile
+from catalogue.sessions import session_scope
+from market.importers import import_dataset, read_long
+from market.panel import FIELDS, Panel, PanelError
+
+BAR_SUFFIXES = (".csv", ".parquet", ".pq")
+INGESTED_DIR = "ingested"
+QUARANTINE_DIR = "quarantine"
+REASON_SUFFIX = ".reason.txt"
+
+
+@dataclass
+class FileOutcome:
+    name: str
+    sha256: str
+    status: str  # ingested | duplicate | quarantined
+    bars_added: int = 0
+    bars_corrected: int = 0
+    bars_identical: int = 0
+    reason: str = ""
+
+
+@dataclass
+class IngestResult:
+    files: list[FileOutcome] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether the panel changed: some bar added or corrected."""
+        return any(f.bars_added or f.bars_corrected for f in self.files)
+
+    def count(self, status: str) -> int:
+        return sum(f.status == status for f in self.files)
+
+    def summary(self) -> dict:
+        return {
+            "files": [asdict(f) for f in self.files],
+            "taken": self.count("ingested"),
+            "duplicates": self.count("duplicate"),
+            "quarantined": self.count("quarantined"),
+            "bars_added": sum(f.bars_added for f in self.files),
+            "bars_corrected": sum(f.bars_corrected for f in self.files),
+            "bars_identical": sum(f.bars_identical for f in self.files),
+        }
+
+    def line(self) -> str:
+        s = self.summary()
+        return (
+            f"inbox: {s['taken']} file(s) taken ({s['bars_added']:,} bars added, {s['bars_corrected']:,} "
+            f"corrected, {s['bars_identical']:,} identical), {s['duplicates']} already ingested, "
+            f"{s['quarantined']} quarantined"
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.summary())
+
+
+def inbox_files(inbox: Path) -> list[Path]:
+    """The bar files waiting in the inbox, oldest name first (vendors name files by date)."""
+    if not inbox.is_dir():
+        return []
+    return sorted(
+        p
+        for p in inbox.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in BAR_SUFFIXES
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def merge_bars(panel: Panel, new: Panel) -> tuple[Panel, int, int, int]:
+    """`panel` with the bars of `new` merged in; returns (merged, added, corrected, identical).
+
+    A field the new bar leaves empty keeps the panel's value (a vendor file without `amount` does
+    not erase it); a bar counts as corrected when any field it gives differs from the panel's."""
+    dates = np.union1d(panel.dates, new.dates)
+    known = set(panel.tickers.tolist())
+    tickers = np.concatenate(
+        [panel.tickers, np.array([t for t in new.tickers if t not in known], dtype=object)]
+    )
+    values = np.full((len(FIELDS), len(dates), len(tickers)), np.nan, dtype=np.float32)
+    d_old = np.searchsorted(dates, panel.dates)
+    values[:, d_old, : panel.n_assets] = panel.values
+    column = {t: i for i, t in enumerate(tickers)}
+    d_new = np.searchsorted(dates, new.dates)
+    a_new = np.array([column[t] for t in new.tickers])
+    before = values[:, d_new][:, :, a_new]  # (F, new dates, new tickers)
+    given = ~np.isnan(new.values)
+    has_bar = given.any(axis=0)
+    had_bar = ~np.isnan(before).all(axis=0)
+    differs = (given & ~((before == new.values) | (np.isnan(before) & ~given))).any(axis=0)
+    added = int((has_bar & ~had_bar).sum())
+    corrected = int((has_bar & had_bar & differs).sum())
+    identical = int((has_bar & had_bar & ~differs).sum())
+    merged_block = np.where(given, new.values, before)
+    values[np.ix_(np.arange(len(FIELDS)), d_new, a_new)] = merged_block
+    assets = panel.assets.set_index("ticker").reindex(tickers).fillna("").reset_index()
+    return Panel(dates, tickers, values, assets), added, corrected, identical
+
+
+def _ledger(session: Session, sha: str) -> IngestedFile | None:
+    return session.scalar(select(IngestedFile).where(IngestedFile.sha256 == sha))
+
+
+def _move(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists():  # the same name delivered again with other content: keep both
+        target = folder / f"{path.stem}.{file_sha256(path)[:12]}{path.suffix}"
+    shutil.move(str(path), target)
+    return target
+
+
+def ingest_inbox(
+    sessions: sessionmaker[Session],
+    inbox: Path,
+    panel_path: Path,
+    *,
+    run_id: int | None = None,
+    keep_files: tuple[str, ...] = (),
+    console: Console | None = None,
+) -> IngestResult:
+    """Merge the inbox's bar files into the panel at `panel_path` (see the module's docstring)."""
+    console = console or Console(quiet=True)
+    files = inbox_files(inbox)
+    result = IngestResult()
+    if not files:
+        return result
+    panel = Panel.load(panel_path, clean=False)  # raw bars: corrections are detected again on save
+    pending: list[tuple[Path, FileOutcome]] = []
+    for path in files:
+        sha = file_sha256(path)
+        with sessions() as session:
+            seen = _ledger(session, sha)
+        if seen is not None:
+            outcome = FileOutcome(path.name, sha, "duplicate", reason=f"the same content as {seen.name}")
+            result.files.append(outcome)
+            pending.append((path, outcome))
+            continue
+        try:
+            new, _report = read_long(path)
+        except PanelError as exc:  # DataImportError included: the report's fatal issues
+            outcome = FileOutcome(path.name, sha, "quarantined", reason=str(exc))
+        else:
+            panel, added, corrected, identical = merge_bars(panel, new)
+            outcome = FileOutcome(path.name, sha, "ingested", added, corrected, identical)
+        result.files.append(outcome)
+        pending.append((path, outcome))
+
+    if result.changed:
+        with tempfile.TemporaryDirectory(prefix="fascl-ingest-") as tmp:
+            merged = Path(tmp) / "bars.parquet"
+            panel.to_long().to_parquet(merged, index=False)
+            import_dataset(merged, panel_path, fmt="long", assets=panel.assets, keep_files=keep_files)
+
+    with session_scope(sessions) as session:
+        for path, outcome in pending:
+            if outcome.status == "duplicate":
+                continue
+            session.add(
+                IngestedFile(
+                    sha256=outcome.sha256,
+                    name=outcome.name,
+                    size=path.stat().st_size,
+                    status=outcome.status,
+                    bars_added=outcome.bars_added,
+                    bars_corrected=outcome.bars_corrected,
+                    bars_identical=outcome.bars_identical,
+                    reason=outcome.reason,
+                    reindex_run_id=run_id,
+                )
+            )
+    for path, outcome in pending:
+        if outcome.status == "quarantined" or (
+            outcome.status == "duplicate" and _was_quarantined(sessions, outcome.sha256)
+        ):
+            moved = _move(path, inbox / QUARANTINE_DIR)
+            moved.with_name(moved.name + REASON_SUFFIX).write_text(outcome.reason + "\n")
+        else:
+            _move(path, inbox / INGESTED_DIR)
+        if outcome.status == "quarantined":
+            console.print(f"[red]quarantined[/] {outcome.name}: {outcome.reason}")
+    console.print(result.line())
+    return result
+
+
+def _was_quarantined(sessions: sessionmaker[Session], sha: str) -> bool:
+    with sessions() as session:
+        row = _ledger(session, sha)
+    return row is not None and row.status == "quarantined"
