@@ -78,7 +78,8 @@ def info(
     name: NameOption = None,
     raw: Annotated[bool, typer.Option(help="Show the bars without corrections")] = False,
 ) -> None:
-    """Summarise a panel: assets, date range, coverage, sectors, corrections."""
+    """Summarise a panel: assets, date range, coverage, sectors, corrections, and its trading calendar
+    per exchange (missing sessions, bars dated on a weekend or holiday)."""
     import numpy as np
     import pandas as pd
 
@@ -127,3 +128,50 @@ def info(
     for sector, count in sectors.items():
         table.add_row(sector, str(count))
     console.print(table)
+
+    _print_calendar_report(panel, raw)
+
+
+def _print_calendar_report(panel, raw: bool) -> None:
+    """The calendar table of `fascl data info`: per exchange of the assets table, the calendar used,
+    the sessions covered, the missing sessions and the bars dated on days that are not sessions."""
+    from market.calendar import panel_calendar_report
+
+    report = panel_calendar_report(panel)
+    table = Table(
+        title="trading calendar",
+        show_edge=False,
+        pad_edge=False,
+        caption="missing: sessions inside an asset's life (first to last bar) without a close"
+        + ("" if raw else ", the spikes removed by corrections included")
+        + "; empty: sessions without any bar; off cal: bars on days that are not sessions",
+    )
+    table.add_column("exchange")
+    table.add_column("calendar", no_wrap=True)
+    for column in ("assets", "sessions", "empty", "off cal", "missing", "affected"):
+        table.add_column(column, justify="right")
+    for row in report.summary.itertuples(index=False):
+        off = f"{row.non_session_bars:,}"
+        table.add_row(
+            row.exchange or "(none)",
+            f"[yellow]{row.calendar}[/]" if row.fallback else row.calendar,
+            f"{row.assets:,}",
+            f"{row.sessions:,}",
+            f"{row.empty_sessions:,}",
+            f"[red]{off}[/]" if row.non_session_bars else off,
+            f"{row.missing:,} ({row.missing_share:.1%})",
+            f"{row.assets_missing:,}",
+        )
+    console.print(table)
+    for title, frame, what in (
+        ("sessions without any bar", report.empty_sessions, lambda r: ""),
+        ("bars on days that are not sessions", report.non_sessions, lambda r: f" ({r.bars} bars)"),
+    ):
+        if frame.empty:
+            continue
+        shown = frame.head(10)
+        listed = ", ".join(
+            f"{r.date.date()} {r.exchange or '(none)'}{what(r)}" for r in shown.itertuples(index=False)
+        )
+        more = len(frame) - len(shown)
+        console.print(f"[yellow]{title}:[/] {listed}" + (f" and {more} more" if more else ""))
