@@ -8,8 +8,10 @@ Exchange names come from a panel's assets table and are matched case-insensitive
 names (NASDAQ, NYSE, AMEX / NYSE American / NYSE MKT, ARCA, BATS, ...) and the names
 `exchange_calendars` knows (ISO MIC codes such as XNAS, XNYS, XLON, and its aliases). An empty or
 unknown exchange gets DEFAULT_CALENDAR (XNYS, the US market); the choice says so (`fallback`) and a
-warning is logged once per name, so it never fails a run. Note that `exchange_calendars` gives the US
-venues (XNAS, XASE, ARCX, BATS) the XNYS calendar: their holidays are the same.
+warning is logged once per name, so it never fails a run. A calendar that exchange_calendars fails
+to build is treated the same way (with exchange_calendars 4.13.2 under pandas 3.1: ASEX, XBEL, XBSE,
+XCYS, XTAE). Note that `exchange_calendars` gives the US venues (XNAS, XASE, ARCX, BATS) the XNYS
+calendar: their holidays are the same.
 
 Calendars are built once per process and cached (building one takes a fraction of a second); the
 cache covers sessions from CALENDAR_START (or the earliest date asked for) to about a year past today.
@@ -116,8 +118,9 @@ def _normalise(name: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _known_names() -> frozenset[str]:
-    return frozenset(name.upper() for name in xc.get_calendar_names(include_aliases=True))
+def _known_names() -> dict[str, str]:
+    """exchange_calendars' names and aliases, by their normalised form."""
+    return {_normalise(name): name for name in xc.get_calendar_names(include_aliases=True)}
 
 
 @lru_cache(maxsize=1024)
@@ -126,11 +129,12 @@ def resolve_exchange(exchange: str | None) -> CalendarChoice:
     with `fallback` set and a warning logged (once per name)."""
     given = "" if exchange is None or (isinstance(exchange, float) and np.isnan(exchange)) else str(exchange)
     key = _normalise(given)
-    code = EXCHANGE_ALIASES.get(key) or EXCHANGE_ALIASES.get(key.replace(" ", ""))
-    if code is None and key in _known_names():
-        code = key
-    if code is None and key.replace(" ", "") in _known_names():
-        code = key.replace(" ", "")
+    code = (
+        EXCHANGE_ALIASES.get(key)
+        or EXCHANGE_ALIASES.get(key.replace(" ", ""))
+        or _known_names().get(key)
+        or _known_names().get(key.replace(" ", ""))
+    )
     reason = ""
     if code is None:
         reason = f"unknown exchange {given!r}" if key else "no exchange"
@@ -140,7 +144,7 @@ def resolve_exchange(exchange: str | None) -> CalendarChoice:
         except Exception as exc:  # a calendar exchange_calendars cannot build here: never fail a run
             if code == DEFAULT_CALENDAR:
                 raise
-            reason = f"the {code} calendar failed to build: {exc!r}"
+            reason = f"the {code} calendar failed to build ({type(exc).__name__}: {str(exc)[:80]})"
     if key:
         log.warning("exchange %r: %s; using the %s calendar", given, reason, DEFAULT_CALENDAR)
     return CalendarChoice(given, DEFAULT_CALENDAR, _entry(DEFAULT_CALENDAR).calendar.name, reason)
@@ -164,7 +168,7 @@ def _day(value) -> np.datetime64:
 
 def _entry(code: str, start: np.datetime64 | None = None) -> _Entry:
     """The cached calendar `code`, rebuilt from an earlier year when `start` precedes its sessions."""
-    key = code.upper()
+    key = code
     with _lock:
         entry = _cache.get(key)
         if entry is not None and (start is None or start >= entry.sessions[0]):
@@ -181,7 +185,7 @@ def _entry(code: str, start: np.datetime64 | None = None) -> _Entry:
             )
             try:
                 calendar = xc.get_calendar(key, start=first)
-            except ValueError:  # before the calendar's first supported date (AIXK starts in 2017)
+            except Exception:  # before its first supported date (AIXK starts in 2017): its default span
                 calendar = xc.get_calendar(key)
         sessions = calendar.sessions.to_numpy().astype("datetime64[D]")
         closes = calendar.closes.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[ns]")

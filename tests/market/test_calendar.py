@@ -194,6 +194,27 @@ def test_an_unknown_or_empty_exchange_falls_back_to_xnys(name, caplog):
     assert bool(row["fallback"]) and row["calendar"].startswith("XNYS (default")
 
 
+def test_a_calendar_that_fails_to_build_falls_back_to_xnys(monkeypatch):
+    import market.calendar as mc
+
+    real = mc.xc.get_calendar
+
+    def get_calendar(name, *args, **kwargs):
+        if name == "XWBO":
+            raise NotImplementedError("implemented by subclasses")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(mc.xc, "get_calendar", get_calendar)
+    monkeypatch.setattr(mc, "_cache", {})
+    mc.resolve_exchange.cache_clear()
+    try:
+        choice = resolve_exchange("xwbo")
+    finally:
+        mc.resolve_exchange.cache_clear()
+    assert choice.fallback and choice.calendar == "XNYS"
+    assert "XWBO calendar failed to build" in choice.label
+
+
 def test_stale_sessions_across_a_long_weekend():
     # Friday 2024-08-30, then the Labor Day weekend: the next session is Tuesday 2024-09-03.
     last = "2024-08-30"
