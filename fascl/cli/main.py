@@ -1,10 +1,10 @@
-"""`fascl`: the one command line in front of every job (data, train, evaluate, index, serve, db, reindex, schedule)."""
+"""`fascl`: the one command line in front of every job (data, train, evaluate, index, serve, db, reindex, retrain, schedule)."""
 
 from __future__ import annotations
 
 import typer
 
-from fascl.cli import data, db, evaluate, index, reindex, schedule, serve, train
+from fascl.cli import data, db, evaluate, index, reindex, retrain, schedule, serve, train
 
 app = typer.Typer(
     help="FASCL asset retrieval: import bars, train embeddings, index them, serve similar-asset queries.",
@@ -19,6 +19,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(db.keys_app, name="keys")
 app.command("serve")(serve.serve)
 app.command("reindex")(reindex.reindex)
+app.command("retrain")(retrain.retrain)
 app.command("schedule")(schedule.schedule)
 
 

@@ -1,4 +1,5 @@
-"""One run at a time: the lock a reindex (or any job named here) holds for its whole run.
+"""One run at a time: the lock the jobs that write the active index (reindex, retrain) hold for
+their whole run. They share it: both publish versions and flip the active one.
 
 PostgreSQL: a session-level advisory lock on a connection held open for the run. SQLite: an
 exclusive `flock` on a file beside the database file. Both belong to the process: when it dies,
@@ -26,8 +27,11 @@ class RunLocked(JobError):
     """Another run of the same job holds the lock."""
 
 
+WRITER = "index-writer"  # the one lock of the jobs that publish and activate versions
+
+
 def lock_key(name: str) -> int:
-    """The advisory lock's 64-bit key: fixed per job name, the same in every process."""
+    """The advisory lock's 64-bit key: fixed per lock name, the same in every process."""
     return zlib.crc32(f"fascl:{name}".encode())
 
 
@@ -39,12 +43,12 @@ def _sqlite_lock_file(url: str, name: str) -> Path:
 
 
 @contextmanager
-def run_lock(database_url: str, name: str = "reindex", holder: str | None = None) -> Iterator[None]:
-    """Hold the `name` lock for the body, or raise RunLocked at once (no waiting): a second
-    concurrent run is refused, not queued. `holder` is what the refusal says about the first run."""
+def run_lock(database_url: str, job: str, name: str = WRITER) -> Iterator[None]:
+    """Hold the `name` lock for the body of `job`, or raise RunLocked at once (no waiting): a second
+    concurrent run is refused, not queued."""
     refusal = (
-        f"another {name} run is in progress{f' ({holder})' if holder else ''}; this run changed "
-        f"nothing. Wait for it to finish (`fascl {name} --status` lists the runs)"
+        f"another reindex or retrain run is in progress; this {job} run changed nothing. Wait for it "
+        "to finish (`fascl reindex --status` lists the reindex runs)"
     )
     if url_is_sqlite(database_url):
         path = _sqlite_lock_file(database_url, name)
