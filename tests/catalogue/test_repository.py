@@ -10,8 +10,8 @@ from catalogue.repository import (
     active_key_hashes,
     check_api_key,
     create_api_key,
-    upsert_assets,
     revoke_api_key,
+    upsert_assets,
 )
 from catalogue.sessions import make_engine, session_factory, session_scope
 from market.panel import FIELDS, Panel

@@ -202,7 +202,8 @@ def test_one_run_at_a_time_and_a_killed_run_is_completed_by_the_next(tmp_path, d
         refused = run_reindex(settings, console=QUIET)
         assert refused.status == "refused", refused.message
         assert (
-            "another reindex or retrain run is in progress" in refused.message and f"pid {holder.pid}" in refused.message
+            "another reindex or retrain run is in progress" in refused.message
+            and f"pid {holder.pid}" in refused.message
         )
         assert active(factory) == first
     finally:
