@@ -70,7 +70,8 @@ class ReindexRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # running | succeeded | up_to_date | failed | abandoned (its process died before it could finish)
+    # running | succeeded | up_to_date | failed | stale (the newest bar too old) | abandoned (its process
+    # died before it could finish)
     status: Mapped[str] = mapped_column(String(16), default="running")
     index_version: Mapped[str | None] = mapped_column(String(128))
     dates_added: Mapped[int] = mapped_column(Integer, default=0)

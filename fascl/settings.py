@@ -24,6 +24,13 @@ class Settings(BaseSettings):
         description="Folder where bar files (CSV or Parquet long tables) are dropped for the reindex job "
         "to merge into the panel; default HOME/inbox",
     )
+    stale_after_sessions: int | None = Field(
+        None,
+        ge=1,
+        description="A reindex run is an error (status stale) when the panel's newest bar is more than this "
+        "many trading sessions old (the exchange calendars of its assets); /metrics exposes the count. "
+        "Unset: not checked (a historical data set)",
+    )
     index_cache_mb: int = Field(
         1024, ge=0, description="Memory bound of the query side's LRU of historical dates, in MiB"
     )

@@ -254,6 +254,13 @@ def stale_sessions(last_bar_date, today, exchange: str | None) -> int:
     return max(upto - after, 0)
 
 
+def panel_staleness(panel: Panel, now) -> int:
+    """Sessions closed after the panel's newest date up to `now` (see stale_sessions), the most over
+    the exchanges of its assets: how far behind the bars are."""
+    exchanges = sorted({str(e) for e in panel.assets.get("exchange", [])} or {""})
+    return max(stale_sessions(panel.dates[-1], now, exchange) for exchange in exchanges)
+
+
 # ----------------------------------------------------------- panel checks
 @dataclass
 class _Scan:

@@ -50,6 +50,18 @@ class ServiceMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self.sessions_behind = Gauge(
+            "fascl_index_sessions_behind",
+            "Trading sessions closed since the newest indexed date (the exchange calendars of its assets)",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.stale = Gauge(
+            "fascl_index_stale",
+            "1 when the newest indexed date is more than FASCL_STALE_AFTER_SESSIONS sessions old",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.swaps = Gauge(
             "fascl_index_swaps_total",
             "Index versions swapped in since start (the most of any worker)",

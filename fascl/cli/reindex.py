@@ -85,7 +85,7 @@ def reindex(
             f"[{colour}]reindex {outcome.status}[/]: {outcome.message} (version {outcome.index_version})"
         )
         if every_day_at is None:
-            if outcome.status in ("failed", "refused"):
+            if outcome.status in ("failed", "refused", "stale"):
                 raise typer.Exit(1)
             return
 

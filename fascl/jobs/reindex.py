@@ -65,6 +65,7 @@ def run_reindex(
     assets: Path | None = None,
     keep_days: int | None = None,
     inbox: bool = True,
+    now: dt.datetime | None = None,
     console: Console | None = None,
 ) -> ReindexOutcome:
     """One reindex: optional re-import of `source` (with `assets` metadata for its new tickers) into
@@ -74,7 +75,7 @@ def run_reindex(
     console = console or Console()
     try:
         with run_lock(settings.sqlalchemy_url, "reindex"):
-            return _recorded_run(settings, model, data, source, assets, keep_days, inbox, console)
+            return _recorded_run(settings, model, data, source, assets, keep_days, inbox, now, console)
     except RunLocked as exc:
         return ReindexOutcome("refused", None, 0, f"{exc}; {_lock_holder(settings)}")
     except SQLAlchemyError as exc:  # the lock itself needs the database (PostgreSQL)
@@ -111,7 +112,7 @@ def _lock_holder(settings: Settings) -> str:
     return f"it is run {run.id}, pid {run.pid} on {run.host}, started {run.started_at:%Y-%m-%d %H:%M:%S} UTC"
 
 
-def _recorded_run(settings, model, data, source, assets, keep_days, inbox, console) -> ReindexOutcome:
+def _recorded_run(settings, model, data, source, assets, keep_days, inbox, now, console) -> ReindexOutcome:
     engine = make_engine(settings.sqlalchemy_url)
     factory = session_factory(engine)
     try:
@@ -127,6 +128,7 @@ def _recorded_run(settings, model, data, source, assets, keep_days, inbox, conso
         return _unreachable(exc)
     try:
         outcome = _reindex(settings, factory, run_id, model, data, source, assets, keep_days, inbox, console)
+        outcome = _check_staleness(settings, outcome, now or dt.datetime.now(dt.UTC))
     except Exception as exc:
         outcome = ReindexOutcome("failed", None, 0, f"{exc.__class__.__name__}: {exc}")
     with session_scope(factory) as session:
@@ -135,6 +137,32 @@ def _recorded_run(settings, model, data, source, assets, keep_days, inbox, conso
         run.dates_added, run.message, run.finished_at = outcome.dates_added, outcome.message, utcnow()
     engine.dispose()
     return outcome
+
+
+def _check_staleness(settings: Settings, outcome: ReindexOutcome, now: dt.datetime) -> ReindexOutcome:
+    """A run after which the panel's newest bar is more than FASCL_STALE_AFTER_SESSIONS sessions old
+    is an error (status "stale"): the inbox has stopped delivering. Its work, if any, stands."""
+    limit = settings.stale_after_sessions
+    if limit is None or outcome.status not in ("succeeded", "up_to_date"):
+        return outcome
+    from market.calendar import panel_staleness
+
+    panel = Panel.load(_panel_path(settings, outcome))
+    behind = panel_staleness(panel, now)
+    if behind <= limit:
+        return outcome
+    outcome.message = (
+        f"the inbox is stale: the newest bar ({panel.dates[-1]}) is {behind} sessions old, more than "
+        f"FASCL_STALE_AFTER_SESSIONS={limit}; check the data delivery into {settings.inbox_dir}; "
+        + outcome.message
+    )
+    outcome.status = "stale"
+    return outcome
+
+
+def _panel_path(settings: Settings, outcome: ReindexOutcome) -> Path:
+    store = IndexStore(settings.indexes_dir)
+    return Path(store.open_version(outcome.index_version, verify="lazy").manifest["data"]["source"])
 
 
 def recent_runs(settings: Settings, limit: int = 20) -> list[ReindexRun]:

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import PlainTextResponse, Response
 
-from service.deps import EngineDep, MetricsDep, RegistryDep
+from service.deps import EngineDep, MetricsDep, RegistryDep, SettingsDep
 from service.errors import APIError, error_response
 from service.metrics import publish_index_metrics
 from service.registry import RefreshInProgress, one_line
@@ -17,6 +17,14 @@ from service.routing import json_response
 from service.schemas import ErrorResponse
 
 router = APIRouter(tags=["operations"])
+
+
+def sessions_behind(snap, now: dt.datetime) -> int:
+    """Sessions closed since the newest indexed date, the most over its assets' exchanges."""
+    from market.calendar import stale_sessions  # exchange_calendars loads on the first scrape only
+
+    exchanges = {m["exchange"] for m in snap.meta} or {""}
+    return max(stale_sessions(snap.newest_date, now, exchange) for exchange in exchanges)
 
 
 @router.get("/health/live")
@@ -54,14 +62,19 @@ def ready(registry: RegistryDep, engine: EngineDep) -> Response:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def prometheus(registry: RegistryDep, metrics: MetricsDep) -> Response:
-    """Prometheus metrics: latency histograms by route and status, index version, newest date's age."""
+def prometheus(registry: RegistryDep, metrics: MetricsDep, settings: SettingsDep) -> Response:
+    """Prometheus metrics: latency histograms by route and status, index version, newest date's age,
+    trading sessions since it and whether that makes the index stale."""
     # The served version as of now: a poll publishes it only once its swap has tidied up (the
     # heap settled), and queries see the new version before that.
     publish_index_metrics(registry, metrics)
     snap = registry.current
     if snap is not None:
         metrics.newest_date_age.set((dt.date.today() - snap.newest_date).days)
+        behind = sessions_behind(snap, dt.datetime.now(dt.UTC))
+        metrics.sessions_behind.set(behind)
+        limit = settings.stale_after_sessions
+        metrics.stale.set(int(limit is not None and behind > limit))
     return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
 

@@ -4,6 +4,7 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -220,3 +221,31 @@ def test_one_run_at_a_time_and_a_killed_run_is_completed_by_the_next(tmp_path, d
         statuses = [r.status for r in session.scalars(select(ReindexRun).order_by(ReindexRun.id))]
     assert statuses == ["abandoned", "succeeded"]  # the killed run, marked by the next
     assert not list(settings.inbox_dir.glob("*.csv"))
+
+
+def test_a_run_after_which_the_bars_are_too_old_is_recorded_stale(tmp_path):
+    database_url = f"sqlite:///{tmp_path / 'fascl.db'}"
+    settings, full, factory, first = yesterday(tmp_path, database_url)
+    newest = Panel.load(settings.panel_path()).dates[-1]
+    watched = settings.model_copy(update={"stale_after_sessions": 3})
+    # The next morning the bars are one session behind: fine.
+    fresh = run_reindex(
+        watched, now=dt.datetime.combine((newest + np.timedelta64(1, "D")).astype(object), dt.time(9), dt.UTC)
+    )
+    assert fresh.status == "up_to_date", fresh.message
+    # Three weeks without a delivery: the run is an error, and says so.
+    late = run_reindex(
+        watched,
+        now=dt.datetime.combine((newest + np.timedelta64(21, "D")).astype(object), dt.time(9), dt.UTC),
+    )
+    assert (
+        late.status == "stale"
+        and "the inbox is stale" in late.message
+        and "FASCL_STALE_AFTER_SESSIONS=3" in late.message
+    )
+    with factory() as session:
+        assert [r.status for r in session.scalars(select(ReindexRun).order_by(ReindexRun.id))] == [
+            "up_to_date",
+            "stale",
+        ]
+        assert active_index(session).version == first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import shutil
 import weakref
@@ -303,6 +304,25 @@ def test_health_and_metrics(client):
     text = client.get("/metrics").text
     assert 'fascl_request_seconds_count{method="GET",route="/similar/{ticker}",status="404"}' in text
     assert "fascl_index_info{" in text and "fascl_index_newest_date_age_days" in text
+
+
+def test_metrics_count_the_sessions_since_the_newest_date_and_flag_a_stale_index(env, panel):
+    from market.calendar import stale_sessions
+
+    settings, _ = env
+    behind = stale_sessions(panel.dates[-1], dt.datetime.now(dt.UTC), "")  # the synthetic assets: XNYS
+    assert behind > 1000  # the synthetic market ends in 2011
+    for limit, stale in ((None, 0), (3, 1), (10**6, 0)):
+        app = create_app(settings.model_copy(update={"stale_after_sessions": limit}))
+        with TestClient(app) as client:
+            text = client.get("/metrics").text
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("fascl_index_s")
+        }
+        assert values["fascl_index_sessions_behind"] in (behind, behind + 1)  # a session may close meanwhile
+        assert values["fascl_index_stale"] == stale, limit
 
 
 def test_not_ready_without_an_index(tmp_path, database_url):
