@@ -52,9 +52,16 @@ class FileOutcome:
     reason: str = ""
 
 
+MISSING_LISTED = 50  # sessions without a bar named in a run's record (all are counted)
+
+
 @dataclass
 class IngestResult:
     files: list[FileOutcome] = field(default_factory=list)
+    # Sessions of the delivered span on which a listed asset has no bar (market/calendar.py): what a
+    # vendor left out. Weekends and holidays are not gaps.
+    missing_count: int = 0
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (ticker, date), the first MISSING_LISTED
 
     @property
     def changed(self) -> bool:
@@ -73,6 +80,8 @@ class IngestResult:
             "bars_added": sum(f.bars_added for f in self.files),
             "bars_corrected": sum(f.bars_corrected for f in self.files),
             "bars_identical": sum(f.bars_identical for f in self.files),
+            "missing_sessions": self.missing_count,
+            "missing_examples": [list(m) for m in self.missing],
         }
 
     def line(self) -> str:
@@ -81,6 +90,12 @@ class IngestResult:
             f"inbox: {s['taken']} file(s) taken ({s['bars_added']:,} bars added, {s['bars_corrected']:,} "
             f"corrected, {s['bars_identical']:,} identical), {s['duplicates']} already ingested, "
             f"{s['quarantined']} quarantined"
+            + (
+                f"; {self.missing_count:,} session(s) without a bar for a listed asset, e.g. "
+                + ", ".join(f"{t} {d}" for t, d in self.missing[:5])
+                if self.missing_count
+                else ""
+            )
         )
 
     def to_json(self) -> str:
@@ -136,6 +151,27 @@ def merge_bars(panel: Panel, new: Panel) -> tuple[Panel, int, int, int]:
     return Panel(dates, tickers, values, assets), added, corrected, identical
 
 
+def tail_gaps(panel: Panel, start, end) -> list[tuple[str, str]]:
+    """Sessions in [start, end] after an asset's last bar, for the assets that traded on the last
+    date before `start`: still listed, but the delivery has no bar for them. (The calendar's own
+    check, market.calendar.missing_sessions, sees only gaps between an asset's first and last bar.)"""
+    from market.calendar import sessions
+
+    close = panel.field("close")
+    before = int(np.searchsorted(panel.dates, np.datetime64(start, "D"))) - 1
+    if before < 0:
+        return []
+    present = ~np.isnan(close)
+    last = np.where(present.any(axis=0), len(panel.dates) - 1 - np.argmax(present[::-1], axis=0), -1)
+    exchanges = panel.assets.set_index("ticker").reindex(panel.tickers)["exchange"].fillna("").astype(str)
+    gaps = []
+    for col in np.flatnonzero(present[before] & (panel.dates[np.maximum(last, 0)] < np.datetime64(end, "D"))):
+        after = panel.dates[last[col]] + np.timedelta64(1, "D")
+        for day in sessions(exchanges.iloc[col], max(after, np.datetime64(start, "D")), end):
+            gaps.append((str(panel.tickers[col]), str(day)))
+    return gaps
+
+
 def _ledger(session: Session, sha: str) -> IngestedFile | None:
     return session.scalar(select(IngestedFile).where(IngestedFile.sha256 == sha))
 
@@ -166,6 +202,7 @@ def ingest_inbox(
         return result
     panel = Panel.load(panel_path, clean=False)  # raw bars: corrections are detected again on save
     pending: list[tuple[Path, FileOutcome]] = []
+    span: list[np.datetime64] = []  # first and last date delivered by the files taken
     for path in files:
         sha = file_sha256(path)
         with sessions() as session:
@@ -181,6 +218,7 @@ def ingest_inbox(
             outcome = FileOutcome(path.name, sha, "quarantined", reason=str(exc))
         else:
             panel, added, corrected, identical = merge_bars(panel, new)
+            span += [new.dates[0], new.dates[-1]]
             outcome = FileOutcome(path.name, sha, "ingested", added, corrected, identical)
         result.files.append(outcome)
         pending.append((path, outcome))
@@ -190,6 +228,17 @@ def ingest_inbox(
             merged = Path(tmp) / "bars.parquet"
             panel.to_long().to_parquet(merged, index=False)
             import_dataset(merged, panel_path, fmt="long", assets=panel.assets, keep_files=keep_files)
+    if span:
+        from market.calendar import missing_sessions
+
+        inside = missing_sessions(panel, start=min(span), end=max(span))
+        gaps = sorted(
+            [(str(r.ticker), str(r.date.date())) for r in inside.itertuples(index=False)]
+            + tail_gaps(panel, min(span), max(span)),
+            key=lambda gap: (gap[1], gap[0]),
+        )
+        result.missing_count = len(gaps)
+        result.missing = gaps[:MISSING_LISTED]
 
     with session_scope(sessions) as session:
         for path, outcome in pending:

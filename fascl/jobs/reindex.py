@@ -251,8 +251,10 @@ def _reindex(
     last_indexed = np.datetime64(old.manifest["dates"][-1]) if old else None
     new_dates = int((panel.dates > last_indexed).sum()) if last_indexed is not None else panel.n_dates
     same_model = old is not None and model is None
-    corrected = ingest is not None and any(f.bars_corrected for f in ingest.files)
-    if same_model and new_dates == 0 and not corrected:
+    # A corrected bar, or a late one for a date already indexed, changes past windows: rebuild (the
+    # builder takes over every date whose input is unchanged).
+    changed = ingest is not None and ingest.changed
+    if same_model and new_dates == 0 and not changed:
         message = f"no bars after {last_indexed}" + (f"; {ingest.line()}" if ingest and ingest.files else "")
         return ReindexOutcome("up_to_date", old.version, 0, message, ingest)
 

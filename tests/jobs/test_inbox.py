@@ -61,10 +61,10 @@ def yesterday(tmp_path, database_url):
     return settings, full, factory, first.version
 
 
-def day_file(full: Panel, day, path: Path) -> Path:
-    """The bars of one trading day as a vendor would drop them: a long CSV."""
+def day_file(full: Panel, day, path: Path, leave_out: str | None = None) -> Path:
+    """The bars of one trading day as a vendor would drop them: a long CSV (without `leave_out`'s)."""
     bars = full.to_long()
-    bars[bars["date"] == day].to_csv(path, index=False)
+    bars[(bars["date"] == day) & (bars["ticker"] != leave_out)].to_csv(path, index=False)
     return path
 
 
@@ -110,20 +110,27 @@ def test_the_inbox_feeds_the_served_index(tmp_path, database_url):
         before = http.get(f"/similar/{ticker}", params={"date": str(day)}).json()
         assert before["query"]["as_of"] == str(full.dates[-4]) and before["index_version"] == first
 
-        # The next day's bars arrive: indexed, served at that date.
-        day_file(full, day, inbox / f"bars-{day}.csv")
+        # The next day's bars arrive, one listed asset's missing: indexed, served at that date, the gap reported.
+        day_file(full, day, inbox / f"bars-{day}.csv", leave_out=full.tickers[-2])
         out = run_reindex(settings, console=QUIET)
         assert out.status == "succeeded" and out.dates_added == 1, out.message
         summary = out.ingest.summary()
         bars_that_day = int((~np.isnan(full.field("close")[full.date_position(day)])).sum())
-        assert (summary["taken"], summary["bars_added"], summary["bars_corrected"]) == (1, bars_that_day, 0)
+        assert (summary["taken"], summary["bars_added"], summary["bars_corrected"]) == (
+            1,
+            bars_that_day - 1,
+            0,
+        )
+        assert summary["missing_sessions"] == 1 and summary["missing_examples"] == [
+            [full.tickers[-2], str(day)]
+        ]
         assert not list(inbox.glob("*.csv")) and (inbox / INGESTED_DIR / f"bars-{day}.csv").is_file()
         assert http.post("/admin/reload").status_code == 200
         now = http.get(f"/similar/{ticker}", params={"date": str(day)}).json()
         assert now["query"]["as_of"] == str(day) and now["index_version"] == out.index_version
 
         # The same file again, under another name: nothing changes.
-        day_file(full, day, inbox / "resent.csv")
+        (inbox / "resent.csv").write_bytes((inbox / INGESTED_DIR / f"bars-{day}.csv").read_bytes())
         again = run_reindex(settings, console=QUIET)
         assert again.status == "up_to_date" and again.index_version == out.index_version, again.message
         assert again.ingest.count("duplicate") == 1 and not again.ingest.changed
