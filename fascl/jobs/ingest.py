@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from catalogue.models import IngestedFile
 from catalogue.sessions import session_scope
-from market.importers import import_dataset, read_long
+from market.importers import PARQUET_SUFFIXES, import_dataset, read_long
 from market.panel import FIELDS, Panel, PanelError
 
-BAR_SUFFIXES = (".csv", ".parquet", ".pq")
+BAR_SUFFIXES = (".csv", *PARQUET_SUFFIXES)
 INGESTED_DIR = "ingested"
 QUARANTINE_DIR = "quarantine"
 REASON_SUFFIX = ".reason.txt"
