@@ -19,12 +19,16 @@ from service.schemas import ErrorResponse
 router = APIRouter(tags=["operations"])
 
 
-def sessions_behind(snap, now: dt.datetime) -> int:
-    """Sessions closed since the newest indexed date, the most over its assets' exchanges."""
-    from market.calendar import stale_sessions  # exchange_calendars loads on the first scrape only
+def sessions_behind(snap, now: dt.datetime) -> int | None:
+    """Sessions closed since the newest indexed date, the most over its assets' exchanges; None when
+    a calendar cannot say (a date past the span it was built for): the gauges then keep their value."""
+    from market.calendar import CalendarError, stale_sessions  # exchange_calendars loads on first scrape
 
     exchanges = {m["exchange"] for m in snap.meta} or {""}
-    return max(stale_sessions(snap.newest_date, now, exchange) for exchange in exchanges)
+    try:
+        return max(stale_sessions(snap.newest_date, now, exchange) for exchange in exchanges)
+    except CalendarError:
+        return None
 
 
 @router.get("/health/live")
@@ -72,9 +76,10 @@ def prometheus(registry: RegistryDep, metrics: MetricsDep, settings: SettingsDep
     if snap is not None:
         metrics.newest_date_age.set((dt.date.today() - snap.newest_date).days)
         behind = sessions_behind(snap, dt.datetime.now(dt.UTC))
-        metrics.sessions_behind.set(behind)
-        limit = settings.stale_after_sessions
-        metrics.stale.set(int(limit is not None and behind > limit))
+        if behind is not None:
+            metrics.sessions_behind.set(behind)
+            limit = settings.stale_after_sessions
+            metrics.stale.set(int(limit is not None and behind > limit))
     return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
 
