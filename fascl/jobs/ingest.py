@@ -18,7 +18,6 @@ either the same files and an unchanged panel (it merges them again), or files al
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from catalogue.models import IngestedFile
 from catalogue.sessions import session_scope
+from index.store import sha256_file
 from market.importers import PARQUET_SUFFIXES, import_dataset, read_long
 from market.panel import FIELDS, Panel, PanelError
 
@@ -113,14 +113,6 @@ def inbox_files(inbox: Path) -> list[Path]:
     )
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def merge_bars(panel: Panel, new: Panel) -> tuple[Panel, int, int, int]:
     """`panel` with the bars of `new` merged in; returns (merged, added, corrected, identical).
 
@@ -172,15 +164,11 @@ def tail_gaps(panel: Panel, start, end) -> list[tuple[str, str]]:
     return gaps
 
 
-def _ledger(session: Session, sha: str) -> IngestedFile | None:
-    return session.scalar(select(IngestedFile).where(IngestedFile.sha256 == sha))
-
-
-def _move(path: Path, folder: Path) -> Path:
+def _move(path: Path, sha: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / path.name
     if target.exists():  # the same name delivered again with other content: keep both
-        target = folder / f"{path.stem}.{file_sha256(path)[:12]}{path.suffix}"
+        target = folder / f"{path.stem}.{sha[:12]}{path.suffix}"
     shutil.move(str(path), target)
     return target
 
@@ -201,27 +189,31 @@ def ingest_inbox(
     if not files:
         return result
     panel = Panel.load(panel_path, clean=False)  # raw bars: corrections are detected again on save
-    pending: list[tuple[Path, FileOutcome]] = []
+    shas = [sha256_file(path) for path in files]
+    with sessions() as session:
+        ledger = {
+            row.sha256: (row.name, row.status)
+            for row in session.scalars(select(IngestedFile).where(IngestedFile.sha256.in_(shas)))
+        }
+    pending: list[tuple[Path, FileOutcome, str]] = []  # (file, outcome, the inbox folder it goes to)
     span: list[np.datetime64] = []  # first and last date delivered by the files taken
-    for path in files:
-        sha = file_sha256(path)
-        with sessions() as session:
-            seen = _ledger(session, sha)
-        if seen is not None:
-            outcome = FileOutcome(path.name, sha, "duplicate", reason=f"the same content as {seen.name}")
-            result.files.append(outcome)
-            pending.append((path, outcome))
-            continue
-        try:
-            new, _report = read_long(path)
-        except PanelError as exc:  # DataImportError included: the report's fatal issues
-            outcome = FileOutcome(path.name, sha, "quarantined", reason=str(exc))
+    for path, sha in zip(files, shas, strict=True):
+        if sha in ledger:  # taken (or quarantined) before: it goes where its first delivery went
+            name, status = ledger[sha]
+            outcome = FileOutcome(path.name, sha, "duplicate", reason=f"the same content as {name}")
+            folder = QUARANTINE_DIR if status == "quarantined" else INGESTED_DIR
         else:
-            panel, added, corrected, identical = merge_bars(panel, new)
-            span += [new.dates[0], new.dates[-1]]
-            outcome = FileOutcome(path.name, sha, "ingested", added, corrected, identical)
+            try:
+                new, _report = read_long(path)
+            except PanelError as exc:  # DataImportError included: the report's fatal issues
+                outcome, folder = FileOutcome(path.name, sha, "quarantined", reason=str(exc)), QUARANTINE_DIR
+            else:
+                panel, added, corrected, identical = merge_bars(panel, new)
+                span += [new.dates[0], new.dates[-1]]
+                outcome = FileOutcome(path.name, sha, "ingested", added, corrected, identical)
+                folder = INGESTED_DIR
         result.files.append(outcome)
-        pending.append((path, outcome))
+        pending.append((path, outcome, folder))
 
     if result.changed:
         with tempfile.TemporaryDirectory(prefix="fascl-ingest-") as tmp:
@@ -241,7 +233,7 @@ def ingest_inbox(
         result.missing = gaps[:MISSING_LISTED]
 
     with session_scope(sessions) as session:
-        for path, outcome in pending:
+        for path, outcome, _folder in pending:
             if outcome.status == "duplicate":
                 continue
             session.add(
@@ -257,21 +249,11 @@ def ingest_inbox(
                     reindex_run_id=run_id,
                 )
             )
-    for path, outcome in pending:
-        if outcome.status == "quarantined" or (
-            outcome.status == "duplicate" and _was_quarantined(sessions, outcome.sha256)
-        ):
-            moved = _move(path, inbox / QUARANTINE_DIR)
+    for path, outcome, folder in pending:
+        moved = _move(path, outcome.sha256, inbox / folder)
+        if folder == QUARANTINE_DIR:
             moved.with_name(moved.name + REASON_SUFFIX).write_text(outcome.reason + "\n")
-        else:
-            _move(path, inbox / INGESTED_DIR)
         if outcome.status == "quarantined":
             console.print(f"[red]quarantined[/] {outcome.name}: {outcome.reason}")
     console.print(result.line())
     return result
-
-
-def _was_quarantined(sessions: sessionmaker[Session], sha: str) -> bool:
-    with sessions() as session:
-        row = _ledger(session, sha)
-    return row is not None and row.status == "quarantined"
