@@ -127,8 +127,10 @@ def _recorded_run(settings, model, data, source, assets, keep_days, inbox, now, 
         engine.dispose()
         return _unreachable(exc)
     try:
-        outcome = _reindex(settings, factory, run_id, model, data, source, assets, keep_days, inbox, console)
-        outcome = _check_staleness(settings, outcome, now or dt.datetime.now(dt.UTC))
+        now = now or dt.datetime.now(dt.UTC)
+        outcome = _reindex(
+            settings, factory, run_id, model, data, source, assets, keep_days, inbox, now, console
+        )
     except Exception as exc:
         outcome = ReindexOutcome("failed", None, 0, f"{exc.__class__.__name__}: {exc}")
     with session_scope(factory) as session:
@@ -139,30 +141,28 @@ def _recorded_run(settings, model, data, source, assets, keep_days, inbox, now, 
     return outcome
 
 
-def _check_staleness(settings: Settings, outcome: ReindexOutcome, now: dt.datetime) -> ReindexOutcome:
-    """A run after which the panel's newest bar is more than FASCL_STALE_AFTER_SESSIONS sessions old
-    is an error (status "stale"): the inbox has stopped delivering. Its work, if any, stands."""
+def _staleness(settings: Settings, panel: Panel, now: dt.datetime) -> str | None:
+    """Why the run is an error when the panel's newest bar is more than FASCL_STALE_AFTER_SESSIONS
+    sessions old (the inbox has stopped delivering); None when it is not, or nobody asked."""
     limit = settings.stale_after_sessions
-    if limit is None or outcome.status not in ("succeeded", "up_to_date"):
-        return outcome
+    if limit is None:
+        return None
     from market.calendar import panel_staleness
 
-    panel = Panel.load(_panel_path(settings, outcome))
     behind = panel_staleness(panel, now)
     if behind <= limit:
-        return outcome
-    outcome.message = (
+        return None
+    return (
         f"the inbox is stale: the newest bar ({panel.dates[-1]}) is {behind} sessions old, more than "
-        f"FASCL_STALE_AFTER_SESSIONS={limit}; check the data delivery into {settings.inbox_dir}; "
-        + outcome.message
+        f"FASCL_STALE_AFTER_SESSIONS={limit}; check the data delivery into {settings.inbox_dir}"
     )
-    outcome.status = "stale"
+
+
+def _finished(outcome: ReindexOutcome, stale: str | None) -> ReindexOutcome:
+    """A finished run, status "stale" if its bars are too old: its work, if any, stands."""
+    if stale is not None:
+        outcome.status, outcome.message = "stale", f"{stale}; {outcome.message}"
     return outcome
-
-
-def _panel_path(settings: Settings, outcome: ReindexOutcome) -> Path:
-    store = IndexStore(settings.indexes_dir)
-    return Path(store.open_version(outcome.index_version, verify="lazy").manifest["data"]["source"])
 
 
 def recent_runs(settings: Settings, limit: int = 20) -> list[ReindexRun]:
@@ -215,7 +215,7 @@ def mark_abandoned_runs(session) -> list[ReindexRun]:
 
 
 def _reindex(
-    settings, factory, run_id, model, data, source, assets, keep_days, inbox, console
+    settings, factory, run_id, model, data, source, assets, keep_days, inbox, now, console
 ) -> ReindexOutcome:
     store = IndexStore(settings.indexes_dir, keep=settings.index_keep)
     with factory() as session:
@@ -244,6 +244,7 @@ def _reindex(
         with session_scope(factory) as session:
             session.get(ReindexRun, run_id).ingest_summary = ingest.to_json()
     panel = Panel.load(panel_path)
+    stale = _staleness(settings, panel, now)
     checkpoint = model or (Path(old.manifest["model"]["checkpoint"]) if old else None)
     if checkpoint is None:
         raise ValueError("no active index to take the model from; pass --model")
@@ -256,7 +257,7 @@ def _reindex(
     changed = ingest is not None and ingest.changed
     if same_model and new_dates == 0 and not changed:
         message = f"no bars after {last_indexed}" + (f"; {ingest.line()}" if ingest and ingest.files else "")
-        return ReindexOutcome("up_to_date", old.version, 0, message, ingest)
+        return _finished(ReindexOutcome("up_to_date", old.version, 0, message, ingest), stale)
 
     first_kept = dt.date.fromisoformat(old.manifest["dates"][0]) if old else None
     start = _window_start(panel, first_kept, keep_days)
@@ -276,7 +277,7 @@ def _reindex(
         + (f"; pruned {', '.join(pruned)}" if pruned else "")
         + (f"; {ingest.line()}" if ingest and ingest.files else "")
     )
-    return ReindexOutcome("succeeded", result.version, new_dates, message, ingest)
+    return _finished(ReindexOutcome("succeeded", result.version, new_dates, message, ingest), stale)
 
 
 def merged_metadata(panel_path: Path, assets: Path | None) -> pd.DataFrame | None:
