@@ -69,6 +69,15 @@ class RetrainOutcome:
     message: str
 
 
+def window_start(panel: Panel, window_days: int = WINDOW_DAYS) -> np.datetime64:
+    """First date of the gate's window: `window_days` trading days before the last date whose 64-day
+    future is known. The candidate trains on the dates before it."""
+    last = panel.n_dates - HORIZON - 1
+    if last < 1:
+        raise JobError("the panel is shorter than the 64-day future window: nothing to score on")
+    return panel.dates[max(0, last - window_days)]
+
+
 def score_models(
     panel: Panel,
     active: Path,
@@ -80,12 +89,8 @@ def score_models(
 ) -> GateResult:
     """FRC@1 of both checkpoints and of plain Pearson on the query dates of the last `window_days`
     trading days whose future is known, with the date-block interval of candidate - active."""
-    last = panel.n_dates - HORIZON - 1
-    if last < 1:
-        raise JobError("the panel is shorter than the 64-day future window: nothing to score on")
-    first = max(0, last - window_days)
     config = EvalConfig(stride=stride, ks=(1,), bootstrap=0, seed=seed)
-    positions = query_positions(panel.dates, str(panel.dates[first]))[::stride]
+    positions = query_positions(panel.dates, str(window_start(panel, window_days)))[::stride]
     retrievers = [
         FasclRetriever.from_checkpoint(active, name="active"),
         FasclRetriever.from_checkpoint(candidate, name="candidate"),
@@ -146,8 +151,7 @@ def _retrain(settings, preset, minutes, margin, window_days, stride, candidate, 
         panel_path = Path(old.manifest["data"]["source"])
         panel = Panel.load(panel_path)
 
-        last = panel.n_dates - HORIZON - 1
-        window_start = panel.dates[max(0, last - window_days)]
+        first = window_start(panel, window_days)
         if candidate is None:
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
             out = settings.models_dir / f"{panel_path.name}-{preset}-candidate-{stamp}"
@@ -155,11 +159,11 @@ def _retrain(settings, preset, minutes, margin, window_days, stride, candidate, 
             # unknown, so nothing is tested on it).
             config = preset_config(
                 preset,
-                valid_start=str(window_start),
+                valid_start=str(first),
                 test_start=str(panel.dates[-1]),
                 max_minutes=minutes,
             )
-            console.print(f"training candidate {out.name} on dates before {window_start}")
+            console.print(f"training candidate {out.name} on dates before {first}")
             train(panel, config, out, resume=False, console=console, data_source=str(panel_path))
             candidate = out / "best.pt"
         candidate = candidate / "best.pt" if candidate.is_dir() else candidate
@@ -172,7 +176,7 @@ def _retrain(settings, preset, minutes, margin, window_days, stride, candidate, 
             f"difference {gate.difference:+.4f} [{gate.lo:+.4f}, {gate.hi:+.4f}], candidate better on "
             f"{gate.dates_better} of {gate.dates} dates ({time.perf_counter() - started:.0f} s)"
         )
-        candidate_name, active_name = _model_name(candidate), _model_name(active_checkpoint)
+        candidate_name, active_name = _model_name(candidate), old.manifest["model"]["version"]
         decision = "promoted" if promote else "refused"
         with session_scope(sessions) as session:
             metrics = {"gate": asdict(gate), "margin": margin}
