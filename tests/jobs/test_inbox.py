@@ -18,47 +18,25 @@ import pytest
 from rich.console import Console
 from sqlalchemy import select
 
-from catalogue.migrate import upgrade
 from catalogue.models import IngestedFile, ReindexRun
-from catalogue.repository import active_index, register_index, upsert_assets
-from catalogue.sessions import make_engine, session_factory, session_scope
+from catalogue.repository import active_index
 from fascl.jobs.ingest import INGESTED_DIR, QUARANTINE_DIR, REASON_SUFFIX, merge_bars
 from fascl.jobs.reindex import run_reindex
 from fascl.jobs.stages import STOP_ENV
 from fascl.settings import Settings
-from index.build import build_version
 from index.store import IndexStore
 from market.panel import FIELDS, Panel
-from tests.jobs.test_reindex import serving
-from tests.service.fixtures import make_deployment
+from tests.jobs.test_reindex import deployment_behind, serving
 
 QUIET = Console(quiet=True)
 
 
 def yesterday(tmp_path, database_url):
-    """A deployment whose panel and active index stop 3 trading days before the market's end; returns
-    (settings, the full market panel, the engine's session factory, the first version)."""
-    deployment = make_deployment(tmp_path / "home", versions=0)
-    full = Panel.load(deployment.panel_path, clean=False)
-    truth = (deployment.panel_path / "truth.npz").read_bytes()
-    full.slice_dates(end=full.dates[-4]).save(deployment.panel_path, extra_files={"truth.npz": truth})
-    store = IndexStore(deployment.home / "indexes")
-    first = build_version(
-        deployment.checkpoint,
-        Panel.load(deployment.panel_path),
-        start="2011-01-03",
-        store=store,
-        data_source=str(deployment.panel_path),
-        progress=False,
-    )
-    upgrade(database_url)
-    factory = session_factory(make_engine(database_url))
-    with session_scope(factory) as session:
-        upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
-        register_index(session, store.open_version(first.version))
-    settings = Settings(home=deployment.home, database_url=database_url)
-    settings.inbox_dir.mkdir(parents=True)
-    return settings, full, factory, first.version
+    """A deployment whose panel and active index stop 3 trading days before the market's end, with an
+    inbox; returns (settings, the full market panel as raw bars, the session factory, the first version)."""
+    live = deployment_behind(tmp_path, database_url, behind=3, clean=False)
+    live.settings.inbox_dir.mkdir(parents=True)
+    return live.settings, live.full, live.factory, live.first.version
 
 
 def day_file(full: Panel, day, path: Path, leave_out: str | None = None) -> Path:

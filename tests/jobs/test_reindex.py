@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import httpx
 import pandas as pd
 from rich.console import Console
-from sqlalchemy import select
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import sessionmaker
 
 from catalogue.migrate import upgrade
 from catalogue.models import Asset, ReindexRun
@@ -20,19 +22,35 @@ from catalogue.repository import active_index, register_index, upsert_assets
 from catalogue.sessions import make_engine, session_factory, session_scope
 from fascl.jobs.reindex import next_run, run_reindex
 from fascl.settings import Settings
-from index.build import build_version
+from index.build import BuildResult, build_version
 from index.store import IndexStore
 from market.panel import Panel
-from tests.service.fixtures import make_deployment
+from tests.service.fixtures import Deployment, make_deployment
 
 
-def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
+@dataclass
+class Yesterday:
+    """A deployment whose panel and active index stop some trading days before its market's end."""
+
+    deployment: Deployment
+    full: Panel  # the whole market, the days to come included
+    store: IndexStore
+    first: BuildResult  # the active version
+    engine: Engine
+    factory: sessionmaker
+    settings: Settings
+
+
+def deployment_behind(tmp_path, database_url, behind: int, *, clean: bool = True) -> Yesterday:
+    """Yesterday's panel: everything but the last `behind` trading days (`full` loaded with or
+    without its recorded corrections); the live index covers it from 2011-01-03, and the migrated
+    database holds its assets with that version active."""
     deployment = make_deployment(tmp_path / "home", versions=0)
-    full = Panel.load(deployment.panel_path)
+    full = Panel.load(deployment.panel_path, clean=clean)
     truth = (deployment.panel_path / "truth.npz").read_bytes()
-    cut = full.dates[-11]
-    # Yesterday's panel: everything but the last 10 trading days; the live index covers it.
-    full.slice_dates(end=cut).save(deployment.panel_path, extra_files={"truth.npz": truth})
+    full.slice_dates(end=full.dates[-behind - 1]).save(
+        deployment.panel_path, extra_files={"truth.npz": truth}
+    )
     store = IndexStore(deployment.home / "indexes")
     first = build_version(
         deployment.checkpoint,
@@ -46,12 +64,18 @@ def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
     engine = make_engine(database_url)
     factory = session_factory(engine)
     with session_scope(factory) as session:
+        upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
         register_index(session, store.open_version(first.version))
     settings = Settings(home=deployment.home, database_url=database_url)
-    quiet = Console(quiet=True)
+    return Yesterday(deployment, full, store, first, engine, factory, settings)
 
-    with session_scope(factory) as session:
-        upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
+
+def test_reindex_adds_new_dates_and_records_each_run(tmp_path, database_url):
+    live = deployment_behind(tmp_path, database_url, behind=10)
+    deployment, full, store, first = live.deployment, live.full, live.store, live.first
+    engine, factory, settings = live.engine, live.factory, live.settings
+    cut = full.dates[-11]
+    quiet = Console(quiet=True)
 
     # Tonight's bars arrive as a long file, without metadata, with one newly listed ticker (whose
     # metadata comes in an assets file); the job imports them, indexes the new dates and flips.
