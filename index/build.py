@@ -18,7 +18,7 @@ import datetime as dt
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -36,9 +36,9 @@ from rich.progress import (
 )
 
 from index import ann
-from index.embed import iter_embeddings, load_model, spec_key
+from index.embed import iter_embeddings, load_model, resolve_precision, spec_key
 from index.errors import IndexCorruptError
-from index.store import IndexStore, IndexVersion, utcnow_iso
+from index.store import FORMAT, VECTOR_DTYPES, IndexStore, IndexVersion, utcnow_iso
 from market.panel import Panel
 from model.features import build_cube
 from model.history import history_window
@@ -70,6 +70,9 @@ class BuildResult:
     disk_bytes: int
     device: str
     kinds: list[str]
+    # seconds by stage: prepare (model, features, digests, reuse), embed (inputs and forward
+    # passes), index (neighbor tables, approximate indexes, file writes), commit (fsyncs), publish
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def _day(value) -> np.datetime64 | None:
@@ -126,9 +129,18 @@ def window_digest(cube, pos: int, cols: np.ndarray) -> str:
 
 
 def reusable_dates(
-    reuse, info, index_kind: str, params: ann.AnnParams, digests: dict[str, str], neighbors: int = NEIGHBORS
+    reuse,
+    info,
+    index_kind: str,
+    params: ann.AnnParams,
+    digests: dict[str, str],
+    neighbors: int = NEIGHBORS,
+    *,
+    vector_dtype: str = "float32",
+    precision: str = "fp32",
 ) -> list[str]:
-    """Dates of `reuse` (an IndexVersion) whose files this build can take as they are."""
+    """Dates of `reuse` (an IndexVersion) whose vectors this build can take over unchanged: the same
+    checkpoint, run at the same precision, stored in the same dtype, indexed the same way."""
     if reuse is None:
         return []
     m = reuse.manifest
@@ -137,6 +149,8 @@ def reusable_dates(
         and m["index"].get("requested_kind") == index_kind
         and m["index"].get("params") == params.to_dict()
         and m["index"].get("neighbors", 0) == neighbors
+        and m["index"].get("vector_dtype", "float32") == vector_dtype
+        and m.get("build", {}).get("precision", "fp32") == precision
     )
     if not same_build:
         return []
@@ -149,6 +163,34 @@ def neighbors_of(vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray | N
     if k <= 0 or len(ids) > ann.NEIGHBOR_TABLE_MAX:
         return None
     return ann.neighbor_table(vectors, ids, k)
+
+
+def store_date(
+    staging,
+    date: str,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    kind: str,
+    *,
+    params: ann.AnnParams,
+    use_gpu: bool = False,
+    vector_dtype: str = "float32",
+    window: str | None = None,
+    neighbors: int = NEIGHBORS,
+) -> dict:
+    """Write one date into `staging`, each vector once: a flat date as its vectors (in `vector_dtype`;
+    its exact index is built from them at load), an approximate date as its index, which holds them.
+    The neighbor table is computed from the vectors as stored, so a lookup and a search agree."""
+    if kind == "flat":
+        stored = vectors.astype(vector_dtype, copy=False)
+        exact = stored if stored.dtype == np.float32 else stored.astype(np.float32)
+        table = neighbors_of(exact, ids, neighbors)
+        return staging.write_date(date, ids, kind, vectors=stored, window=window, neighbors=table)
+    index = ann.build_index(vectors, ids, kind, params=params, use_gpu=use_gpu)
+    table = neighbors_of(vectors, ids, neighbors)
+    return staging.write_date(
+        date, ids, kind, index_bytes=faiss.serialize_index(index), window=window, neighbors=table
+    )
 
 
 def build_version(
@@ -171,6 +213,8 @@ def build_version(
     reuse: IndexVersion | None = None,
     neighbors: int = NEIGHBORS,
     on_stage: Callable[[str], None] | None = None,
+    vector_dtype: str = "float32",
+    precision: str = "auto",
 ) -> BuildResult:
     """Embed, index and publish the dates of `panel` in [start, end] with `checkpoint`.
 
@@ -182,7 +226,11 @@ def build_version(
     `reuse`: an earlier version whose unchanged dates are taken over rather than embedded again.
     `neighbors`: K of each date's stored top-K table (0: none). `on_stage(name)` is called on
     reaching "embed" (embedding starts), "write" (the first date embedded here is written, not yet
-    durable) and "publish" (about to publish)."""
+    durable) and "publish" (about to publish).
+    `vector_dtype`: float32 or float16 for flat dates' vector files (index/store.py).
+    `precision`: auto, fp32 or bf16 for the encoder's forward passes (index/embed.py)."""
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ValueError(f"unknown vector dtype {vector_dtype!r}; choose one of {', '.join(VECTOR_DTYPES)}")
     on_stage = on_stage or (lambda stage: None)
     started = time.perf_counter()
     params = params or ann.AnnParams()
@@ -192,6 +240,7 @@ def build_version(
     faiss_threads = ann.set_threads(threads) if threads is not None else faiss.omp_get_max_threads()
     model, info = load_model(checkpoint, device)
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     batch_size = batch_size or (4096 if device.type == "cuda" else 1024)
     use_gpu = ann.gpu_count() > 0
 
@@ -207,7 +256,9 @@ def build_version(
         d: window_digest(cube, int(p), cube.eligible_assets(int(p)))
         for p, d in zip(positions, day, strict=True)
     }
-    reusable = reusable_dates(reuse, info, index_kind, params, digests, neighbors)
+    reusable = reusable_dates(
+        reuse, info, index_kind, params, digests, neighbors, vector_dtype=vector_dtype, precision=precision
+    )
     prior = reuse.manifest["tickers"]["ticker"] if reusable else None
     tickers, asset_of_col = ticker_table(panel, cube.eligible, positions, prior)
     id_of_old = None
@@ -223,6 +274,8 @@ def build_version(
         "index_kind": index_kind,
         "params": params.to_dict(),
         "neighbors": neighbors,
+        "vector_dtype": vector_dtype,
+        "precision": precision,
         "tickers_sha256": hashlib.sha256("\n".join(tickers["ticker"]).encode()).hexdigest(),
         "reuse": reuse.version if reusable else None,
     }
@@ -235,7 +288,9 @@ def build_version(
     for date in reusable:
         if date not in records:
             try:
-                records[date] = _take_over(staging, reuse, date, id_of_old, params, digests[date], neighbors)
+                records[date] = _take_over(
+                    staging, reuse, date, id_of_old, params, digests[date], neighbors, vector_dtype
+                )
                 reused += 1
             except IndexCorruptError as exc:  # embed it again instead
                 console.print(f"[yellow]not reusing {date}: {exc}[/]")
@@ -243,6 +298,7 @@ def build_version(
     if reused:
         console.print(f"reusing {reused} unchanged dates of {reuse.version}")
     todo = [int(p) for p, d in zip(positions, day, strict=True) if d not in records]
+    stages = {"prepare": time.perf_counter() - started, "embed": 0.0, "index": 0.0, "commit": 0.0}
     on_stage("embed")
     columns = (
         TextColumn("[bold]embed+index"),
@@ -256,30 +312,45 @@ def build_version(
         task = bar.add_task("export", total=len(todo), vectors=0)
         vectors_done, last_commit = 0, time.monotonic()
         try:
-            for pos, cols, vectors in iter_embeddings(
-                model, cube, todo, batch_size=batch_size, device=device
-            ):
+            stream = iter_embeddings(
+                model, cube, todo, batch_size=batch_size, device=device, precision=precision
+            )
+            while True:
+                clock = time.perf_counter()
+                try:
+                    pos, cols, vectors = next(stream)
+                except StopIteration:
+                    break
+                stages["embed"] += time.perf_counter() - clock
+                clock = time.perf_counter()
                 ids = asset_of_col[cols]
                 order = np.argsort(ids, kind="stable")  # ids ascending (the store's layout)
                 ids, vectors = ids[order], vectors[order]
-                kind = ann.choose_kind(len(ids), index_kind, gpu=use_gpu)
-                index = ann.build_index(vectors, ids, kind, params=params, use_gpu=use_gpu)
                 date = str(panel.dates[pos])
-                records[date] = staging.write_date(
+                # Written on this thread: a writer thread overlapping the next forward pass measured
+                # no faster on 2 cores, since writing a date is mostly its neighbor search (compute),
+                # and fsyncs are batched (COMMIT_SECONDS).
+                records[date] = store_date(
+                    staging,
                     date,
                     vectors,
                     ids,
-                    faiss.serialize_index(index),
-                    kind,
+                    ann.choose_kind(len(ids), index_kind, gpu=use_gpu),
+                    params=params,
+                    use_gpu=use_gpu,
+                    vector_dtype=vector_dtype,
                     window=digests[date],
-                    neighbors=neighbors_of(vectors, ids, neighbors),
+                    neighbors=neighbors,
                 )
+                stages["index"] += time.perf_counter() - clock
                 if vectors_done == 0:
                     on_stage("write")
                 vectors_done += len(ids)
                 bar.update(task, advance=1, vectors=vectors_done)
                 if time.monotonic() - last_commit > COMMIT_SECONDS:
+                    clock = time.perf_counter()
                     staging.commit()
+                    stages["commit"] += time.perf_counter() - clock
                     last_commit = time.monotonic()
                 if on_date is not None:
                     on_date(date, len(records))
@@ -304,6 +375,7 @@ def build_version(
             "metric": "inner_product",
             "params": params.to_dict(),
             "neighbors": neighbors,
+            "vector_dtype": vector_dtype,
             "faiss_version": faiss.__version__,
             "built_with": "faiss-gpu" if use_gpu else "faiss-cpu",
             "omp_threads": faiss_threads,
@@ -312,6 +384,7 @@ def build_version(
         "tickers": tickers,
         "build": {
             "device": str(device),
+            "precision": precision,
             "batch_size": batch_size,
             "embedded_dates": len(todo),
             "resumed_dates": resumed,
@@ -322,10 +395,12 @@ def build_version(
         },
     }
     on_stage("publish")
+    clock = time.perf_counter()
     try:
         published = store.publish(staging, manifest, records)
     finally:
         staging.close()
+    stages["publish"] = time.perf_counter() - clock
     return BuildResult(
         version=published.version,
         path=published.path,
@@ -342,24 +417,39 @@ def build_version(
         disk_bytes=store.disk_bytes(published.version),
         device=str(device),
         kinds=sorted(set(published.kinds)),
+        stages={name: round(seconds, 3) for name, seconds in stages.items()},
     )
 
 
 def _take_over(
-    staging, source: IndexVersion, date: str, id_of_old, params, window: str, neighbors: int
+    staging,
+    source: IndexVersion,
+    date: str,
+    id_of_old,
+    params,
+    window: str,
+    neighbors: int,
+    vector_dtype: str,
 ) -> dict:
-    """One unchanged date of `source` into `staging`: copies of its files when its asset ids are unchanged,
-    otherwise its vectors under the new ids with the index and table rebuilt from them (no embedding)."""
-    ids, vectors = source.read_vectors(date)  # memory-mapped: read only if the ids change
+    """One unchanged date of `source` into `staging`, without embedding: copies of its files when its
+    asset ids and layout are unchanged, otherwise its vectors rewritten under the new ids (or from an
+    older store format) with the index and table rebuilt from them."""
+    ids, vectors = source.read_vectors(date)  # a flat date's memory-mapped: read only if rewritten
     new_ids = id_of_old[ids]
-    if np.array_equal(new_ids, ids):
+    if np.array_equal(new_ids, ids) and source.format == FORMAT:
         return staging.copy_date(date, source, window=window)
     # tickers kept their relative order (ticker_table's `prior`), so the new ids stay ascending
     kind = source.kinds[source.position(date)]
-    index = ann.build_index(vectors, new_ids, kind, params=params)
-    table = neighbors_of(vectors, new_ids, neighbors)
-    return staging.write_date(
-        date, vectors, new_ids, faiss.serialize_index(index), kind, window=window, neighbors=table
+    return store_date(
+        staging,
+        date,
+        np.ascontiguousarray(vectors, dtype=np.float32),
+        new_ids,
+        kind,
+        params=params,
+        vector_dtype=vector_dtype,
+        window=window,
+        neighbors=neighbors,
     )
 
 
@@ -386,8 +476,8 @@ def publish_arrays(
     records = {}
     for date, (ids, vectors) in sorted(arrays.items()):
         kind = ann.choose_kind(len(ids), index_kind, gpu=ann.gpu_count() > 0)
-        index = ann.build_index(vectors, ids, kind, params=params)
-        records[date] = staging.write_date(date, vectors, ids, faiss.serialize_index(index), kind)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        records[date] = store_date(staging, date, vectors, ids, kind, params=params, neighbors=0)
     manifest = {
         "version": store.new_version_name(model["version"]),
         "created": utcnow_iso(),

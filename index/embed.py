@@ -2,7 +2,14 @@
 
 Windows of consecutive dates are packed into batches of about `batch_size` rows (a date of 60 assets
 would leave a forward pass mostly empty), run under `torch.inference_mode` on the GPU when torch sees
-one, and split back per date. Vectors leave as float32 and are re-normalised in float32, so a stored
+one, and split back per date.
+
+Precision: the encoder's matrix products are the export's cost (about 90% of it on a CPU, at the
+core's float32 peak). `bf16` runs them under bfloat16 autocast, which the hardware does at twice
+the rate where it has native bfloat16 dot products (CUDA; x86 with AVX512-BF16 or AMX); `auto`
+picks it there and float32 elsewhere, where emulated bfloat16 would be slower. The history path
+stays in float32 either way (model/encoder.py). bench/index_speed.py measures what bfloat16 does to
+recall@10 against float32. Vectors leave as float32 and are re-normalised in float32, so a stored
 vector's inner product with itself is 1 to float precision whatever device produced it (an encoder with a
 history path gives vectors in the unit ball instead, whose inner products are the scores; they are
 only kept inside it).
@@ -67,6 +74,28 @@ class ModelInfo:
         }
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 natively (faster than float32, not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """fp32 or bf16: `requested`, or for "auto" bf16 where the device has it natively."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return requested
+
+
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -98,10 +127,12 @@ def iter_embeddings(
     *,
     batch_size: int = 1024,
     device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield (date position, asset columns, vectors float32 (n, d)) for each position with eligible assets.
 
-    Dates come out in the order given; several small dates share a forward pass."""
+    Dates come out in the order given; several small dates share a forward pass. `precision`: fp32
+    or bf16 (resolve_precision)."""
     device = device or next(model.parameters()).device
     group: list[tuple[int, np.ndarray]] = []
     rows = 0
@@ -112,16 +143,19 @@ def iter_embeddings(
         group.append((pos, cols))
         rows += len(cols)
         if rows >= batch_size:
-            yield from _forward(model, cube, group, batch_size, device)
+            yield from _forward(model, cube, group, batch_size, device, precision)
             group, rows = [], 0
     if group:
-        yield from _forward(model, cube, group, batch_size, device)
+        yield from _forward(model, cube, group, batch_size, device, precision)
 
 
-def _forward(model, cube, group, batch_size, device):
+def _forward(model, cube, group, batch_size, device, precision):
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16 here, not {precision!r}")
     inputs = concat_inputs([cube.model_inputs(pos, cols) for pos, cols in group])
     parts = []
-    with torch.inference_mode():
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
         for lo in range(0, len(inputs[0]), batch_size):
             chunk = (x.to(device, non_blocking=True) for x in slice_inputs(inputs, lo, lo + batch_size))
             parts.append(model(*chunk).float().cpu())

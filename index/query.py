@@ -6,9 +6,9 @@ dict, date ordinals for bisect, sector/exchange id sets, filter bitmaps cached o
 hot path is a dict lookup, a bisect, `reconstruct` of the query vector from the index, one faiss
 search and a list comprehension: no pandas, no Python loop over assets.
 
-Memory: the newest date is loaded at open and stays hot; other dates load on first use (flat indexes
-with their vectors memory-mapped, IO_FLAG_MMAP_IFC) into an LRU bounded in bytes
-(FASCL_INDEX_CACHE_MB by default).
+Memory: the newest date is loaded at open and stays hot; other dates load on first use (a flat
+date's exact index built from its checked vectors file, an approximate one deserialised) into an LRU
+bounded in bytes (FASCL_INDEX_CACHE_MB by default).
 """
 
 from __future__ import annotations
@@ -308,9 +308,9 @@ class IndexReader:
         date = str(np.datetime64(self._dates[pos], "D"))
         index = self._version.read_index(date)
         kind = self._version.kinds[pos]
-        nbytes = (
-            self._version.files[f"faiss/{date}.faiss"]["bytes"] + 48 * index.ntotal + 9 * len(self._tickers)
-        )
+        stored = self._version.files.get(f"faiss/{date}.faiss")  # an approximate index: graph or lists too
+        vector_bytes = stored["bytes"] if stored else 4 * index.ntotal * self.dim
+        nbytes = vector_bytes + 48 * index.ntotal + 9 * len(self._tickers)
         entry = _Entry(pos, kind, index, len(self._tickers), self.dim, nbytes)
         table = self._version.read_neighbors(date)
         if table is not None:

@@ -6,12 +6,17 @@ On disk (one directory per published version; names starting with "." are never 
       <version>/                      e.g. us_nasdaq-small-1a2b3c4d-20251125T033012
         manifest.json                 what was published: model, data, dates, counts, tickers, checksums
         manifest.sha256               sha256 of manifest.json (the index_versions.checksum in SQL)
-        vectors/<YYYY-MM-DD>.npy      float32 (n, d), unit length or inside the unit ball: the embedding store (mmap-able)
         ids/<YYYY-MM-DD>.npy          int32 (n,) asset ids, ascending, into the manifest's ticker table
-        faiss/<YYYY-MM-DD>.faiss      the date's IndexIDMap2 (flat, hnsw or ivf), ids = asset ids
+        vectors/<YYYY-MM-DD>.npy      a flat date's vectors, float32 or float16 (manifest index.vector_dtype),
+                                      (n, d), unit length or inside the unit ball (mmap-able); its exact
+                                      index is built from them when the date is loaded
+        faiss/<YYYY-MM-DD>.faiss      an approximate date's IndexIDMap2 (hnsw or ivf), ids = asset ids; it
+                                      holds the date's vectors, which are read back from it
         neighbors/<YYYY-MM-DD>.npy    (n, K) of (id int32, score float32): each asset's exact top-K
                                       others, best first, rows in ids order (manifest index.neighbors =
                                       K; absent when 0 or the date has more than 20,000 assets)
+      Each vector is stored once. Format 1 (still read) also kept a flat date's vectors inside a
+      faiss/ file beside vectors/, twice the disk for the same numbers.
       A version built from an earlier one holds copies of the files of the dates it took over (never
       hard links: damage to a shared inode would reach every version that holds it).
       .staging/<build key>/           an unfinished build: the same layout plus build.json and
@@ -50,7 +55,12 @@ import pandas as pd
 
 from index.errors import IndexCorruptError, IndexStoreError, VersionNotFound
 
-FORMAT = "fascl-index/1"
+FORMAT = "fascl-index/2"
+READABLE_FORMATS = ("fascl-index/1", FORMAT)
+# float16 halves a flat date's vector file; scores of searched queries then carry its rounding
+# (bench/index_speed.py measures recall@10 against float32). The stored top-K tables are computed
+# from the rounded vectors, so a lookup and a search of the same date agree.
+VECTOR_DTYPES = ("float32", "float16")
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.sha256"
 STAGING = ".staging"
@@ -216,26 +226,32 @@ class Staging:
     def write_date(
         self,
         date: str,
-        vectors: np.ndarray,
         ids: np.ndarray,
-        index_bytes,
         kind: str,
+        *,
+        vectors: np.ndarray | None = None,
+        index_bytes=None,
         window: str | None = None,
         neighbors: np.ndarray | None = None,
     ) -> dict:
-        """Write one date's vectors, ids and serialised index (temp name + rename, not yet fsynced).
+        """Write one date's ids with either its vectors (a flat date, in the dtype given) or its serialised
+        approximate index, which holds them (temp name + rename, not yet fsynced).
 
         The date counts as done only after `commit()`, which fsyncs its files and then appends its
         progress line: a crash can lose uncommitted dates, never record a date whose bytes are not
         on disk."""
-        files = {}
-        for rel, data in (
-            (f"vectors/{date}.npy", npy_bytes(vectors.astype(np.float32, copy=False))),
-            (f"ids/{date}.npy", npy_bytes(ids.astype(np.int32, copy=False))),
-            (f"faiss/{date}.faiss", index_bytes),
-            *([(f"neighbors/{date}.npy", npy_bytes(neighbors))] if neighbors is not None else []),
-        ):
-            files[rel] = write_file(self.path / rel, data, sync=False)
+        if (vectors is None) == (index_bytes is None):
+            raise ValueError("a date stores either its vectors (flat) or its index (approximate), once")
+        if vectors is not None and vectors.dtype.name not in VECTOR_DTYPES:
+            raise ValueError(f"vectors must be one of {', '.join(VECTOR_DTYPES)}, not {vectors.dtype}")
+        parts = [(f"ids/{date}.npy", npy_bytes(ids.astype(np.int32, copy=False)))]
+        if vectors is not None:
+            parts.append((f"vectors/{date}.npy", npy_bytes(vectors)))
+        else:
+            parts.append((f"faiss/{date}.faiss", index_bytes))
+        if neighbors is not None:
+            parts.append((f"neighbors/{date}.npy", npy_bytes(neighbors)))
+        files = {rel: write_file(self.path / rel, data, sync=False) for rel, data in parts}
         record = {"date": date, "count": int(len(ids)), "kind": kind, "files": files, "window": window}
         self._pending.append(record)
         return record
@@ -331,6 +347,8 @@ class IndexVersion:
         self.counts = np.array(m["counts"], dtype=np.int64)
         self.kinds: list[str] = list(m["kinds"])
         self.files: dict[str, dict] = m["files"]
+        self.format: str = m["format"]
+        self.vector_dtype: str = m["index"].get("vector_dtype", "float32")
         self._date_pos = {d: i for i, d in enumerate(m["dates"])}
         self._verified: set[str] = set()
         self._lock = threading.Lock()
@@ -353,13 +371,15 @@ class IndexVersion:
         return pd.DataFrame(self.manifest["tickers"])
 
     def date_files(self, date: str) -> dict[str, str]:
-        files = {
-            "vectors": f"vectors/{date}.npy",
-            "ids": f"ids/{date}.npy",
-            "index": f"faiss/{date}.faiss",
-        }
-        if f"neighbors/{date}.npy" in self.files:
-            files["neighbors"] = f"neighbors/{date}.npy"
+        """The date's files by part (ids, vectors, index, neighbors), those it has."""
+        files = {"ids": f"ids/{date}.npy"}
+        for part, rel in (
+            ("vectors", f"vectors/{date}.npy"),
+            ("index", f"faiss/{date}.faiss"),
+            ("neighbors", f"neighbors/{date}.npy"),
+        ):
+            if rel in self.files:
+                files[part] = rel
         return files
 
     def position(self, date) -> int:
@@ -452,24 +472,43 @@ class IndexVersion:
 
     # ----------------------------------------------------------------- read
     def read_vectors(self, date, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(asset ids int32 (n,), vectors float32 (n, d)) of one date; the vectors memory-mapped after a
-        checksum of the file, or with `mmap=False` parsed from the checked bytes themselves."""
+        """(asset ids int32 (n,), vectors float32 (n, d)) of one date. A flat date's float32 vectors
+        are memory-mapped after a checksum of the file, or with `mmap=False` parsed from the checked
+        bytes themselves (float16 ones are widened, a copy); an approximate date's are read back from
+        its index."""
         key = self.date_key(date)
         files = self.date_files(key)
         ids = np.load(io.BytesIO(self.read_checked(files["ids"])))
-        if mmap:
+        if "vectors" not in files:
+            vectors = self._index_vectors(key, ids)
+        elif mmap:
             self.verify_file(files["vectors"])
             vectors = np.load(self.path / files["vectors"], mmap_mode="r")
         else:
             vectors = self._parse_npy(files["vectors"])
+        rel = files.get("vectors", files.get("index"))
         if vectors.shape != (len(ids), self.dim):
             raise IndexCorruptError(
-                self.path / files["vectors"],
-                "shape mismatch",
-                f"({len(ids)}, {self.dim})",
-                str(vectors.shape),
+                self.path / rel, "shape mismatch", f"({len(ids)}, {self.dim})", str(vectors.shape)
             )
+        if vectors.dtype != np.float32:
+            if vectors.dtype.name not in VECTOR_DTYPES:
+                raise IndexCorruptError(
+                    self.path / rel, "wrong dtype", " or ".join(VECTOR_DTYPES), str(vectors.dtype)
+                )
+            vectors = vectors.astype(np.float32)
         return ids, vectors
+
+    def _index_vectors(self, key: str, ids: np.ndarray) -> np.ndarray:
+        """An approximate date's vectors, reconstructed from its index in asset-id order."""
+        import faiss
+
+        index = self.read_index(key)
+        if not np.array_equal(faiss.vector_to_array(index.id_map), ids):
+            raise IndexCorruptError(
+                self.path / self.date_files(key)["index"], "ids differ from the date's ids file"
+            )
+        return index.index.reconstruct_n(0, index.ntotal)
 
     def _parse_npy(self, rel: str) -> np.ndarray:
         try:
@@ -491,12 +530,19 @@ class IndexVersion:
         return table
 
     def read_index(self, date):
-        """The date's faiss index, deserialised from its checked bytes (in memory: a file changed on disk
-        afterwards changes nothing that is served)."""
+        """The date's faiss index, in memory: an approximate date's deserialised from its checked bytes,
+        a flat date's built from its checked vectors (a file changed on disk afterwards changes
+        nothing that is served)."""
         import faiss
 
         key = self.date_key(date)
-        rel = self.date_files(key)["index"]
+        files = self.date_files(key)
+        if "index" not in files:
+            from index.ann import build_index
+
+            ids, vectors = self.read_vectors(key, mmap=False)
+            return build_index(vectors, ids, "flat", use_gpu=False)
+        rel = files["index"]
         data = self.read_checked(rel)
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
@@ -530,8 +576,10 @@ def _read_manifest(path: Path) -> tuple[dict, str]:
         manifest = json.loads(raw)
     except ValueError as exc:
         raise IndexCorruptError(file, f"not JSON ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise IndexCorruptError(file, "unknown format", FORMAT, str(manifest.get("format")))
+    if manifest.get("format") not in READABLE_FORMATS:
+        raise IndexCorruptError(
+            file, "unknown format", " or ".join(READABLE_FORMATS), str(manifest.get("format"))
+        )
     return manifest, digest
 
 

@@ -76,6 +76,14 @@ def build(
             "again (same checkpoint and index settings only): a version name, 'latest' or 'none'"
         ),
     ] = "latest",
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto | fp32 | bf16 for the forward passes (default FASCL_EMBED_PRECISION)"),
+    ] = None,
+    vectors: Annotated[
+        str | None,
+        typer.Option(help="float32 | float16 for flat dates' vectors (default FASCL_INDEX_VECTOR_DTYPE)"),
+    ] = None,
 ) -> None:
     """Embed every eligible asset on every date of the range, index each date, publish a version.
 
@@ -88,9 +96,13 @@ def build(
     from fascl.jobs.publish import publish_version
     from fascl.jobs.stages import reached
     from model.checkpoint import CheckpointError
+    from model.history import HISTORY
 
-    # 64 trading days of history before --from; ~2.5 calendar days per trading day is ample.
-    load_from = None if from_ is None else pd.Timestamp(from_) - pd.Timedelta(days=160)
+    settings = get_settings()
+
+    # What an encoder reads before --from: its window, and the history path's 504 trading days
+    # (about 730 calendar days); 1.6 calendar days per trading day is ample.
+    load_from = None if from_ is None else pd.Timestamp(from_) - pd.Timedelta(days=round(1.6 * HISTORY))
     path, panel = load_panel_or_exit(data, console, start=load_from, end=to)
     store = _store(keep)
     reached("ingest", console)
@@ -107,6 +119,8 @@ def build(
             batch_size=batch_size,
             threads=threads,
             neighbors=neighbors,
+            vector_dtype=vectors or settings.index_vector_dtype,
+            precision=precision or settings.embed_precision,
             progress=progress,
             console=console,
         )

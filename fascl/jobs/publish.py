@@ -58,6 +58,8 @@ def publish_version(
     batch_size: int | None = None,
     threads: int | None = None,
     neighbors: int | None = None,
+    vector_dtype: str = "float32",
+    precision: str = "auto",
     progress: bool = True,
     console: Console | None = None,
     on_date: Callable[[str, int], None] | None = None,
@@ -84,5 +86,7 @@ def publish_version(
         reuse=source,
         on_date=on_date,
         on_stage=lambda stage: reached(stage, console),
+        vector_dtype=vector_dtype,
+        precision=precision,
         **options,
     )

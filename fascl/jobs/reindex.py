@@ -264,7 +264,15 @@ def _reindex(
     started = time.perf_counter()
     # Incremental: the active version's unchanged dates are taken over, only new or corrected ones embedded.
     result = publish_version(
-        store, checkpoint, panel, data_source=str(panel_path), reuse=old, start=start, console=console
+        store,
+        checkpoint,
+        panel,
+        data_source=str(panel_path),
+        reuse=old,
+        start=start,
+        vector_dtype=settings.index_vector_dtype,
+        precision=settings.embed_precision,
+        console=console,
     )
     reached("activate", console)
     activate_version(factory, store, result.version, panel=panel, dataset=panel_path.name)

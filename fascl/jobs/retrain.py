@@ -204,6 +204,8 @@ def _retrain(settings, preset, minutes, margin, window_days, stride, candidate, 
             data_source=str(panel_path),
             reuse="none",  # another checkpoint: no date of the old version can be taken over
             start=old.manifest["dates"][0],
+            vector_dtype=settings.index_vector_dtype,
+            precision=settings.embed_precision,
             console=console,
             progress=False,
         )

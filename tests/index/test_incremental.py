@@ -129,7 +129,7 @@ def test_damage_to_a_reused_file_stays_in_the_version_it_happened_in(checkpoint,
     second = build(checkpoint, panel, root, reuse=opened(root, first))
     assert second.reused_dates == first.n_dates
     victim = opened(root, first).manifest["dates"][2]
-    for rel in (f"faiss/{victim}.faiss", f"vectors/{victim}.npy"):
+    for rel in (f"ids/{victim}.npy", f"vectors/{victim}.npy"):
         with open(root / second.version / rel, "r+b") as fh:  # in place: the same inode
             fh.seek(-8, os.SEEK_END)
             fh.write(b"\xff" * 8)
@@ -146,5 +146,11 @@ def test_other_build_settings_reuse_nothing(checkpoint, panel, tmp_path):
     assert flat.reused_dates == 0 and flat.embedded_dates == flat.n_dates
     digests = dict(zip(old.manifest["dates"], old.manifest["windows"], strict=True))
     info = SimpleNamespace(sha256=old.manifest["model"]["checkpoint_sha256"])
-    assert reusable_dates(old, info, "auto", ann.AnnParams(), digests) == old.manifest["dates"]
-    assert reusable_dates(old, SimpleNamespace(sha256="0" * 64), "auto", ann.AnnParams(), digests) == []
+    precision = old.manifest["build"]["precision"]
+    same = {"precision": precision, "vector_dtype": "float32"}
+    assert reusable_dates(old, info, "auto", ann.AnnParams(), digests, **same) == old.manifest["dates"]
+    assert reusable_dates(old, SimpleNamespace(sha256="0" * 64), "auto", ann.AnnParams(), digests, **same) == []
+    # vectors stored in another dtype, or computed at another precision, are other numbers
+    assert reusable_dates(old, info, "auto", ann.AnnParams(), digests, precision=precision, vector_dtype="float16") == []
+    other = "fp32" if precision == "bf16" else "bf16"
+    assert reusable_dates(old, info, "auto", ann.AnnParams(), digests, precision=other, vector_dtype="float32") == []

@@ -59,7 +59,7 @@ def test_corrupt_or_truncated_file_is_refused_previous_version_serves(checkpoint
     store = IndexStore(tmp_path)
     assert store.latest_version() == new.version
     newest = store.open_version(new.version).manifest["dates"][-1]
-    target = tmp_path / new.version / "faiss" / f"{newest}.faiss"
+    target = tmp_path / new.version / "vectors" / f"{newest}.npy"
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
@@ -96,7 +96,7 @@ def test_large_versions_verify_lazily_per_date(checkpoint, panel, tmp_path, monk
     result = build(checkpoint, panel, tmp_path)
     store = IndexStore(tmp_path)
     first = store.open_version(result.version).manifest["dates"][0]
-    target = tmp_path / result.version / "faiss" / f"{first}.faiss"
+    target = tmp_path / result.version / "vectors" / f"{first}.npy"
     target.write_bytes(target.read_bytes()[:-8])
     monkeypatch.setattr(store_module, "EAGER_VERIFY_BYTES", 0)
     reader = IndexReader(result.version, root=tmp_path)  # opens: only the newest date is checked

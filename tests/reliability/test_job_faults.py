@@ -53,7 +53,7 @@ TITLE = "5. Job faults"
 BUILD_STAGES = level(("prune",), STAGES)
 REINDEX_STAGES = level(("write",), STAGES)
 BUILD_DATES = level(10, 40)  # dates each build embeds (--reuse none: every one is embedded)
-KINDS = ("vectors", "ids", "faiss", "neighbors")
+KINDS = ("vectors", "ids", "neighbors")  # a flat date's files (index/store.py)
 SWAP_TIMEOUT_S = 20
 
 
@@ -313,7 +313,7 @@ def test_jobs_killed_at_each_stage_leave_the_served_version_intact(
         refused, answered = {}, {}
         ticker = paths[0].split("/")[2].split("?")[0]
         damaged = {
-            kind: version.date_files(date)["index" if kind == "faiss" else kind]
+            kind: version.date_files(date)[kind]
             for kind, date in zip(KINDS, victims, strict=True)
         }
         for kind, date in zip(KINDS, victims, strict=True):
@@ -333,7 +333,7 @@ def test_jobs_killed_at_each_stage_leave_the_served_version_intact(
             check(
                 set(others) == {200}, f"flipped {kind}: every other date keeps answering 200 ({set(others)})"
             )
-        for kind in ("faiss", "neighbors"):
+        for kind in KINDS:  # every one of them is read, checked, when the date loads
             check(
                 refused[kind],
                 f"flipped {kind}: the date is refused with 500 index_corrupt ({answered[kind]})",

@@ -450,7 +450,7 @@ def test_a_damaged_file_found_at_start_fails_its_date_only(deployment, tmp_path,
     shutil.copytree(deployment.home / "indexes", home / "indexes")
     version = IndexStore(home / "indexes").open_version(deployment.versions[0], verify="lazy")
     dates = version.manifest["dates"]
-    bad = version.path / "faiss" / f"{dates[3]}.faiss"
+    bad = version.path / "vectors" / f"{dates[3]}.npy"
     with open(bad, "r+b") as fh:
         fh.seek(-16, 2)
         fh.write(bytes(16))
@@ -487,14 +487,14 @@ def test_a_corrupt_date_fails_its_queries_only_and_names_the_file(deployment, tm
     settings = Settings(home=home, database_url=url, index_poll_seconds=3600)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         dates = client.get("/dates").json()["dates"]
-        bad = home / "indexes" / deployment.versions[0] / "faiss" / f"{dates[3]}.faiss"
+        bad = home / "indexes" / deployment.versions[0] / "vectors" / f"{dates[3]}.npy"
         data = bytearray(bad.read_bytes())
         data[-16:] = bytes(16)
         bad.write_bytes(bytes(data))
         response = client.get(f"/similar/{panel.tickers[0]}", params={"date": dates[3]})
         error = error_of(response, 500, "index_corrupt")
         assert (  # named within the store: no absolute path in the answer
-            error["detail"]["file"] == f"{deployment.versions[0]}/faiss/{dates[3]}.faiss"
+            error["detail"]["file"] == f"{deployment.versions[0]}/vectors/{dates[3]}.npy"
             and error["detail"]["problem"] == "checksum mismatch"
         )
         assert str(home) not in response.text and str(tmp_path) not in response.text
