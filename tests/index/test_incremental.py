@@ -149,8 +149,18 @@ def test_other_build_settings_reuse_nothing(checkpoint, panel, tmp_path):
     precision = old.manifest["build"]["precision"]
     same = {"precision": precision, "vector_dtype": "float32"}
     assert reusable_dates(old, info, "auto", ann.AnnParams(), digests, **same) == old.manifest["dates"]
-    assert reusable_dates(old, SimpleNamespace(sha256="0" * 64), "auto", ann.AnnParams(), digests, **same) == []
+    assert (
+        reusable_dates(old, SimpleNamespace(sha256="0" * 64), "auto", ann.AnnParams(), digests, **same) == []
+    )
     # vectors stored in another dtype, or computed at another precision, are other numbers
-    assert reusable_dates(old, info, "auto", ann.AnnParams(), digests, precision=precision, vector_dtype="float16") == []
+    assert (
+        reusable_dates(
+            old, info, "auto", ann.AnnParams(), digests, precision=precision, vector_dtype="float16"
+        )
+        == []
+    )
     other = "fp32" if precision == "bf16" else "bf16"
-    assert reusable_dates(old, info, "auto", ann.AnnParams(), digests, precision=other, vector_dtype="float32") == []
+    assert (
+        reusable_dates(old, info, "auto", ann.AnnParams(), digests, precision=other, vector_dtype="float32")
+        == []
+    )

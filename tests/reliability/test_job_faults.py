@@ -312,10 +312,7 @@ def test_jobs_killed_at_each_stage_leave_the_served_version_intact(
         assert len(victims) == len(KINDS), "not enough unqueried dates to damage one per file kind"
         refused, answered = {}, {}
         ticker = paths[0].split("/")[2].split("?")[0]
-        damaged = {
-            kind: version.date_files(date)[kind]
-            for kind, date in zip(KINDS, victims, strict=True)
-        }
+        damaged = {kind: version.date_files(date)[kind] for kind, date in zip(KINDS, victims, strict=True)}
         for kind, date in zip(KINDS, victims, strict=True):
             flip_byte(version.path / damaged[kind])
             statuses = []
