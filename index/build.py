@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ from rich.progress import (
 
 from index import ann
 from index.embed import iter_embeddings, load_model, resolve_precision, spec_key
-from index.errors import IndexCorruptError
-from index.store import FORMAT, VECTOR_DTYPES, IndexStore, IndexVersion, utcnow_iso
+from index.errors import IndexCorruptError, IndexStoreError
+from index.shards import current_shard, shard_device
+from index.store import FORMAT, VECTOR_DTYPES, IndexStore, IndexVersion, finished_dates, utcnow_iso
 from market.panel import Panel
 from model.features import build_cube
 from model.history import history_window
@@ -228,7 +230,9 @@ def build_version(
     reaching "embed" (embedding starts), "write" (the first date embedded here is written, not yet
     durable) and "publish" (about to publish).
     `vector_dtype`: float32 or float16 for flat dates' vector files (index/store.py).
-    `precision`: auto, fp32 or bf16 for the encoder's forward passes (index/embed.py)."""
+    `precision`: auto, fp32 or bf16 for the encoder's forward passes (index/embed.py).
+    Under `torchrun` the dates are shared out between the ranks and rank 0 publishes (index/shards.py);
+    every rank returns the published version's result."""
     if vector_dtype not in VECTOR_DTYPES:
         raise ValueError(f"unknown vector dtype {vector_dtype!r}; choose one of {', '.join(VECTOR_DTYPES)}")
     on_stage = on_stage or (lambda stage: None)
@@ -238,7 +242,10 @@ def build_version(
     if keep is not None:
         store.keep = keep
     faiss_threads = ann.set_threads(threads) if threads is not None else faiss.omp_get_max_threads()
-    model, info = load_model(checkpoint, device)
+    shard = current_shard()
+    if not shard.main:  # one progress display, rank 0's
+        console, progress = Console(quiet=True), False
+    model, info = load_model(checkpoint, device if device is not None else shard_device(shard))
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     batch_size = batch_size or (4096 if device.type == "cuda" else 1024)
@@ -279,25 +286,38 @@ def build_version(
         "tickers_sha256": hashlib.sha256("\n".join(tickers["ticker"]).encode()).hexdigest(),
         "reuse": reuse.version if reusable else None,
     }
-    staging = store.staging(f"{info.version}-{spec_key(spec)}", spec)
-    records = {d: r for d, r in staging.done().items() if d in set(day)}
-    resumed = len(records)
-    if resumed:
-        console.print(f"resuming {staging.path}: {resumed} of {len(day)} dates already done")
-    reused = 0
-    for date in reusable:
-        if date not in records:
-            try:
-                records[date] = _take_over(
-                    staging, reuse, date, id_of_old, params, digests[date], neighbors, vector_dtype
-                )
-                reused += 1
-            except IndexCorruptError as exc:  # embed it again instead
-                console.print(f"[yellow]not reusing {date}: {exc}[/]")
-    staging.commit()
-    if reused:
-        console.print(f"reusing {reused} unchanged dates of {reuse.version}")
-    todo = [int(p) for p, d in zip(positions, day, strict=True) if d not in records]
+    key = f"{info.version}-{spec_key(spec)}"
+    records: dict[str, dict] = {}
+    resumed = reused = 0
+    if shard.main:  # plans for every rank: what is done (by any rank, earlier), what is reused
+        staging = store.staging(key, spec)
+        records = {d: r for d, r in staging.done().items() if d in set(day)}
+        resumed = len(records)
+        for date in reusable:
+            if date not in records:
+                try:
+                    records[date] = _take_over(
+                        staging, reuse, date, id_of_old, params, digests[date], neighbors, vector_dtype
+                    )
+                    reused += 1
+                except IndexCorruptError as exc:  # embed it again instead
+                    console.print(f"[yellow]not reusing {date}: {exc}[/]")
+        staging.commit()
+        done_elsewhere = {d for path in store.staging_parts(key) for d in finished_dates(path)}
+        resumed += len(done_elsewhere - set(records))
+        if resumed:
+            console.print(f"resuming {staging.path}: {resumed} of {len(day)} dates already done")
+        if reused:
+            console.print(f"reusing {reused} unchanged dates of {reuse.version}")
+        todo = [
+            int(p)
+            for p, d in zip(positions, day, strict=True)
+            if d not in records and d not in done_elsewhere
+        ]
+    todo = shard.from_main(todo if shard.main else None)
+    if not shard.main:
+        staging = store.staging(shard.staging_key(key), spec)
+    all_todo, todo = todo, shard.share(todo)
     stages = {"prepare": time.perf_counter() - started, "embed": 0.0, "index": 0.0, "commit": 0.0}
     on_stage("embed")
     columns = (
@@ -359,6 +379,28 @@ def build_version(
             staging.close()
             raise
 
+    staging.commit()  # every rank's dates durable before rank 0 takes them
+    if not shard.main:
+        staging.close()
+        shard.barrier()
+        result = shard.from_main(None)
+        shard.close()
+        return result
+    shard.barrier()
+    for path in store.staging_parts(key):
+        part = store.staging(path.name, spec)
+        records.update(staging.adopt(part))
+        part.close()
+        shutil.rmtree(path)
+    staging.commit()
+    missing = sorted(set(day) - set(records))
+    if missing:  # a rank's share lost (its directory removed meanwhile): nothing half-built is published
+        staging.close()
+        raise IndexStoreError(
+            f"{len(missing)} dates ({missing[0]} ..) were not written by any rank; rerun the build to "
+            "embed them (finished dates are kept)"
+        )
+
     manifest = {
         "version": store.new_version_name(info.version),
         "created": utcnow_iso(),
@@ -386,7 +428,8 @@ def build_version(
             "device": str(device),
             "precision": precision,
             "batch_size": batch_size,
-            "embedded_dates": len(todo),
+            "embedded_dates": len(all_todo),
+            "ranks": shard.world,
             "resumed_dates": resumed,
             "reused_dates": reused,
             "reused_from": reuse.version if reused else None,
@@ -401,7 +444,7 @@ def build_version(
     finally:
         staging.close()
     stages["publish"] = time.perf_counter() - clock
-    return BuildResult(
+    result = BuildResult(
         version=published.version,
         path=published.path,
         model_version=info.version,
@@ -410,7 +453,7 @@ def build_version(
         n_dates=len(day),
         vectors=int(published.counts.sum()),
         dim=info.dim,
-        embedded_dates=len(todo),
+        embedded_dates=len(all_todo),
         resumed_dates=resumed,
         reused_dates=reused,
         seconds=time.perf_counter() - started,
@@ -419,6 +462,9 @@ def build_version(
         kinds=sorted(set(published.kinds)),
         stages={name: round(seconds, 3) for name, seconds in stages.items()},
     )
+    result = shard.from_main(result)
+    shard.close()
+    return result
 
 
 def _take_over(

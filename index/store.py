@@ -167,6 +167,27 @@ def unique_bytes(paths: Iterable[Path]) -> int:
 
 
 # --------------------------------------------------------------------- staging
+def finished_dates(path: Path) -> dict[str, dict]:
+    """The finished dates of the staging directory at `path` -> their record (count, kind, files with
+    checksums), as written: those whose progress line and files are whole. Reads only (no lock)."""
+    records: dict[str, dict] = {}
+    progress = Path(path) / "progress.jsonl"
+    if not progress.exists():
+        return records
+    for line in progress.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line torn by a crash: that date is simply redone
+            continue
+        files_ok = all(
+            (path / rel).is_file() and (path / rel).stat().st_size == meta["bytes"]
+            for rel, meta in record["files"].items()
+        )
+        if files_ok:
+            records[record["date"]] = record
+    return records
+
+
 class Staging:
     """An unfinished build: per-date files written durably, one progress line per finished date.
 
@@ -207,21 +228,7 @@ class Staging:
 
     def done(self) -> dict[str, dict]:
         """Finished dates -> their record (count, kind, files with checksums), as written."""
-        records: dict[str, dict] = {}
-        if not self._progress.exists():
-            return records
-        for line in self._progress.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line torn by a crash: that date is simply redone
-                continue
-            files_ok = all(
-                (self.path / rel).is_file() and (self.path / rel).stat().st_size == meta["bytes"]
-                for rel, meta in record["files"].items()
-            )
-            if files_ok:
-                records[record["date"]] = record
-        return records
+        return finished_dates(self.path)
 
     def write_date(
         self,
@@ -294,6 +301,19 @@ class Staging:
         }
         self._pending.append(record)
         return record
+
+    def adopt(self, other: Staging) -> dict[str, dict]:
+        """Move the finished dates of `other` (a staging directory of the same build written by another
+        process, a rank of a distributed build) into this one, as pending dates; returns their
+        records. Renames within one file system: no byte is copied, and a date is either here or there."""
+        if json.loads(json.dumps(other.spec)) != json.loads(json.dumps(self.spec)):
+            raise IndexStoreError(f"{other.path} holds another build than {self.path}")
+        adopted = other.done()
+        for record in adopted.values():
+            for rel in record["files"]:
+                os.replace(other.path / rel, self.path / rel)
+            self._pending.append(record)
+        return adopted
 
     def commit(self) -> int:
         """Make the dates written since the last commit durable and record them; returns how many."""
@@ -659,6 +679,10 @@ class IndexStore:
     # ----------------------------------------------------------- publishing
     def staging(self, key: str, spec: dict) -> Staging:
         return Staging(self.root / STAGING / key, spec)
+
+    def staging_parts(self, key: str) -> list[Path]:
+        """The staging directories other ranks of a distributed build wrote for `key` (index/shards.py)."""
+        return sorted((self.root / STAGING).glob(f"{key}.rank*"))
 
     def new_version_name(self, model_version: str) -> str:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")

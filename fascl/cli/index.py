@@ -88,13 +88,16 @@ def build(
     """Embed every eligible asset on every date of the range, index each date, publish a version.
 
     Resumable: rerun the same command after an interruption and finished dates are kept.
-    Incremental: dates unchanged since the --reuse version are taken from it, not embedded again."""
+    Incremental: dates unchanged since the --reuse version are taken from it, not embedded again.
+    Distributed: `torchrun --nproc_per_node N -m fascl.cli.main index build ...` shares the dates
+    out between N processes (one GPU each where there are GPUs); rank 0 publishes and activates."""
     import pandas as pd
 
     from fascl.cli.panels import load_panel_or_exit
     from fascl.jobs.errors import JobError
     from fascl.jobs.publish import publish_version
     from fascl.jobs.stages import reached
+    from index.shards import current_shard
     from model.checkpoint import CheckpointError
     from model.history import HISTORY
 
@@ -126,6 +129,8 @@ def build(
         )
     except (CheckpointError, ValueError, JobError) as exc:
         raise _fail(str(exc)) from None
+    if not current_shard().main:  # under torchrun rank 0 published; it reports and activates
+        return
     table = Table(title=f"published {result.version}", show_header=False)
     table.add_row("version", result.version)
     table.add_row("model", result.model_version)

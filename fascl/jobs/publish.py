@@ -17,6 +17,7 @@ from fascl.jobs.retention import LEFTOVER_AGE_SECONDS
 from fascl.jobs.stages import reached
 from index.build import BuildResult, build_version
 from index.errors import IndexStoreError
+from index.shards import current_shard
 from index.store import IndexStore, IndexVersion
 from market.panel import Panel
 
@@ -68,7 +69,8 @@ def publish_version(
     then embed, index and publish the dates of `panel` in [start, end]. Publishing is atomic;
     nothing is activated or pruned here."""
     console = console or Console(quiet=not progress)
-    remove_leftovers(store, console)
+    if current_shard().main:  # under torchrun, one rank tidies
+        remove_leftovers(store, console)
     source = reuse if isinstance(reuse, IndexVersion) or reuse is None else reuse_source(store, reuse)
     options = {} if neighbors is None else {"neighbors": neighbors}
     return build_version(
