@@ -17,6 +17,7 @@ from index.store import IndexStore
 from service.auth import ApiKeyMiddleware, document_api_keys
 from service.connection import document_head_limits
 from service.errors import install_error_handlers
+from service.fastpath import SimilarFastPath
 from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics, publish_index_metrics
 from service.registry import IndexRegistry
@@ -85,18 +86,21 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
     app.state.engine = engine
     install_error_handlers(app)
+    for router in (similar.router, assets.router, operations.router):
+        include_flat(app, router)
     # Outermost first: metrics see every answer; the key is checked before the body bound, and
-    # both before anything reads the body.
+    # both before anything reads the body. GET /similar/{ticker} is answered inside the key check,
+    # past the framework's own layers (service/fastpath.py).
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         timeout_seconds=settings.body_timeout_seconds,
     )
+    hot = next(r for r in app.router.routes if getattr(r, "path", None) == "/similar/{ticker}")
+    app.add_middleware(SimilarFastPath, route=hot, handlers=app.exception_handlers)
     if settings.require_api_key:
         app.add_middleware(ApiKeyMiddleware, registry=registry)
         document_api_keys(app)
     document_head_limits(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for router in (similar.router, assets.router, operations.router):
-        include_flat(app, router)
     return app

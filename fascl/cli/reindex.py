@@ -84,6 +84,8 @@ def reindex(
         console.print(
             f"[{colour}]reindex {outcome.status}[/]: {outcome.message} (version {outcome.index_version})"
         )
+        if outcome.stages:
+            console.print("seconds by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in outcome.stages.items()))
         if every_day_at is None:
             if outcome.status in ("failed", "refused", "stale"):
                 raise typer.Exit(1)

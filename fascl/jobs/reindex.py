@@ -12,7 +12,7 @@ import datetime as dt
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,9 @@ class ReindexOutcome:
     dates_added: int
     message: str
     ingest: IngestResult | None = None
+    # seconds by stage: ingest (re-import, inbox, panel load), the build's (prepare, embed, index,
+    # commit, publish: index.build.BuildResult.stages), activate (SQL flip and prune)
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def _window_start(panel: Panel, first_kept: dt.date | None, keep_days: int | None) -> str:
@@ -224,6 +227,7 @@ def _reindex(
     active = current_path.name if current_path and current_path.exists() else None
     old = reuse_source(store, "active", active=active)
 
+    clock = time.perf_counter()
     panel_path = data or (Path(old.manifest["data"]["source"]) if old else settings.panel_path())
     restore_interrupted_save(panel_path)  # a re-import killed mid-save: its metadata is read below
     reached("ingest", console)
@@ -244,6 +248,7 @@ def _reindex(
         with session_scope(factory) as session:
             session.get(ReindexRun, run_id).ingest_summary = ingest.to_json()
     panel = Panel.load(panel_path)
+    stages = {"ingest": round(time.perf_counter() - clock, 3)}
     stale = _staleness(settings, panel, now)
     checkpoint = model or (Path(old.manifest["model"]["checkpoint"]) if old else None)
     if checkpoint is None:
@@ -274,10 +279,13 @@ def _reindex(
         precision=settings.embed_precision,
         console=console,
     )
+    stages.update(result.stages)
+    clock = time.perf_counter()
     reached("activate", console)
     activate_version(factory, store, result.version, panel=panel, dataset=panel_path.name)
     reached("prune", console)
     pruned = prune(factory, store)  # only once the activation is committed
+    stages["activate"] = round(time.perf_counter() - clock, 3)
     message = (
         f"indexed {result.n_dates} dates ({start} .. {result.last_date}) in {time.perf_counter() - started:.0f} s; "
         f"{new_dates} new; {result.embedded_dates} embedded, {result.reused_dates} reused from "
@@ -285,7 +293,7 @@ def _reindex(
         + (f"; pruned {', '.join(pruned)}" if pruned else "")
         + (f"; {ingest.line()}" if ingest and ingest.files else "")
     )
-    return _finished(ReindexOutcome("succeeded", result.version, new_dates, message, ingest), stale)
+    return _finished(ReindexOutcome("succeeded", result.version, new_dates, message, ingest, stages), stale)
 
 
 def merged_metadata(panel_path: Path, assets: Path | None) -> pd.DataFrame | None:
