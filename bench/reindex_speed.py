@@ -37,7 +37,7 @@ from index.build import build_version
 from index.store import IndexStore
 from market.panel import Panel
 
-console = Console()
+console = Console(width=150)
 TARGET_SECONDS = 10.0
 
 

@@ -4,8 +4,10 @@ Windows of consecutive dates are packed into batches of about `batch_size` rows 
 would leave a forward pass mostly empty), run under `torch.inference_mode` on the GPU when torch sees
 one, and split back per date.
 
-Precision: the encoder's matrix products are the export's cost (about 90% of it on a CPU, at the
-core's float32 peak). `bf16` runs them under bfloat16 autocast, which the hardware does at twice
+Precision: the encoder's matrix products are the export's cost (about 80% of it on a CPU, at the
+core's float32 peak), unless its join is still zero (training kept the classical start), when the
+Transformer is skipped and the export is bound by feature preparation and neighbor tables instead
+(model/encoder.py). `bf16` runs them under bfloat16 autocast, which the hardware does at twice
 the rate where it has native bfloat16 dot products (CUDA; x86 with AVX512-BF16 or AMX); `auto`
 picks it there and float32 elsewhere, where emulated bfloat16 would be slower. The history path
 stays in float32 either way (model/encoder.py). bench/index_speed.py measures what bfloat16 does to

@@ -136,6 +136,11 @@ class PatchTransformer(nn.Module):
         """x: (batch, channels, window) -> (batch, dim) embeddings; with the history path also
         history (batch, config.history) return z-scores and market (config.history,) or (batch, ...)
         the cross-section's market direction (model.features.FeatureCube.model_inputs)."""
+        if self.history is not None and not torch.is_grad_enabled() and not self.join.weight.any():
+            # The join is still zero (training kept the classical start, or has not begun): the
+            # Transformer's output cannot reach the embedding, so inference skips it, exactly (its
+            # inputs are finite). Training always runs it: the join's gradient needs its output.
+            return self._history_embedding(history, market, None)
         tokens = self.embed_norm(self.patch_embed(x).transpose(1, 2))
         if self.cls is not None:
             tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
@@ -146,12 +151,18 @@ class PatchTransformer(nn.Module):
         embedding = F.normalize(pooled.float(), dim=-1)
         if self.history is None:
             return embedding
+        return self._history_embedding(history, market, embedding)
+
+    def _history_embedding(self, history, market, embedding: torch.Tensor | None) -> torch.Tensor:
+        """The history path's embedding, joined by the Transformer's `embedding` (None: a zero join)."""
         if history is None or market is None:
             raise ValueError("this encoder has a history path: pass the history z-scores and the market")
         # The history path stays in float32 under bf16 autocast: at step 0 it must reproduce the
         # classical retriever's ranking, which bfloat16's 8 bits of mantissa would not.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            e = self.history(history.float(), market.float()) + self.join(embedding)
+        with torch.autocast(device_type=history.device.type, enabled=False):
+            e = self.history(history.float(), market.float())
+            if embedding is not None:
+                e = e + self.join(embedding)
         # Scores are inner products; keeping vectors in the unit ball keeps them in [-1, 1].
         return e / e.norm(dim=-1, keepdim=True).clamp_min(1.0)
 

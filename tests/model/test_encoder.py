@@ -212,6 +212,24 @@ def test_gate_at_zero_means_the_transformer_changes_nothing_until_it_opens():
         assert p.grad.abs().sum() > 0, name
 
 
+def test_inference_with_a_zero_join_skips_the_transformer_exactly(monkeypatch):
+    """With the join still zero (training kept the classical start) the Transformer cannot change an
+    embedding: inference does not run it and gives the same bits; training always runs it."""
+    model = _model("small", history=504, seed=2)
+    z, market = _history_inputs(16, 504)
+    with torch.enable_grad():  # the full path, Transformer included
+        full = model(_x(16), z, market).detach()
+    calls = []
+    monkeypatch.setattr(model.blocks, "forward", lambda x: calls.append(1) or x)
+    with torch.inference_mode():
+        fast = model(_x(16), z, market)
+    assert calls == [] and torch.equal(fast, full)
+    with torch.no_grad():
+        model.join.weight[0, 0] = 1e-3  # one weight off zero: the Transformer counts again
+        model(_x(16), z, market)
+    assert calls == [1]
+
+
 def test_history_path_needs_its_inputs():
     model = _model("tiny", history=48)
     with pytest.raises(ValueError, match="history path"):
