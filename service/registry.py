@@ -47,6 +47,8 @@ class Snapshot:
     close: np.ndarray | None = None
     close_position: dict[dt.date, int] = field(default_factory=dict)
     close_column: np.ndarray | None = None  # asset id -> panel column (-1: absent)
+    # The panel's dates (datetime64[D], ascending), row by row of `close`: for GET /assets/{ticker}/prices.
+    close_dates: np.ndarray | None = None
 
     @property
     def newest_date(self) -> dt.date:
@@ -69,23 +71,23 @@ def _metadata(records: list[dict], session: Session | None) -> list[dict]:
     return out
 
 
-def _closes(reader: IndexReader) -> tuple[np.ndarray | None, dict, np.ndarray | None]:
+def _closes(reader: IndexReader) -> tuple[np.ndarray | None, dict, np.ndarray | None, np.ndarray | None]:
     source = (reader.manifest.get("data") or {}).get("source")
     if not source or not Path(source).exists():
-        return None, {}, None
+        return None, {}, None, None
     try:
         panel = Panel.load(source)
     except PanelError as exc:
         log.warning("realised correlations unavailable: %s", exc)
-        return None, {}, None
+        return None, {}, None, None
     positions = {d.item(): i for i, d in enumerate(panel.dates)}
     column = {t: i for i, t in enumerate(panel.tickers)}
     columns = np.array([column.get(t, -1) for t in reader.tickers], dtype=np.int64)
-    return np.ascontiguousarray(panel.close), positions, columns
+    return np.ascontiguousarray(panel.close), positions, columns, panel.dates
 
 
 def build_snapshot(reader: IndexReader, session: Session | None) -> Snapshot:
-    close, positions, columns = _closes(reader)
+    close, positions, columns, close_dates = _closes(reader)
     records = reader.asset_records()
     meta = _metadata(records, session)
     return Snapshot(
@@ -99,6 +101,7 @@ def build_snapshot(reader: IndexReader, session: Session | None) -> Snapshot:
         close=close,
         close_position=positions,
         close_column=columns,
+        close_dates=close_dates,
     )
 
 

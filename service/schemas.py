@@ -147,6 +147,40 @@ class DatesOut(BaseModel):
     dates: list[str]
 
 
+class PricePoint(BaseModel):
+    date: str
+    close: float = Field(description="The day's close, as in the panel the index was built from (cleaned)")
+    normalized: float = Field(description="close / the first returned close: 1.0 on the first date")
+
+
+class PricesOut(BaseModel):
+    # "from" is a Python keyword: the field is from_, named "from" in JSON.
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "ticker": "AAPL",
+                    "from": "2016-06-28",
+                    "to": "2016-06-30",
+                    "points": [
+                        {"date": "2016-06-28", "close": 93.59, "normalized": 1.0},
+                        {"date": "2016-06-29", "close": 94.4, "normalized": 1.008655},
+                        {"date": "2016-06-30", "close": 95.6, "normalized": 1.02147},
+                    ],
+                }
+            ]
+        },
+    )
+    ticker: str
+    from_: str = Field(alias="from", description="The first returned date")
+    to: str = Field(description="The last returned date")
+    points: list[PricePoint] = Field(
+        description="One per trading date of the range on which the asset has a close, ascending; "
+        "dates without a close (a missing bar) are left out"
+    )
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
