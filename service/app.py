@@ -21,7 +21,7 @@ from service.fastpath import SimilarFastPath
 from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics, publish_index_metrics
 from service.registry import IndexRegistry
-from service.routers import assets, operations, similar
+from service.routers import assets, operations, page, similar
 from service.routing import include_flat
 
 if TYPE_CHECKING:  # the entry point reads the settings (service/main.py) and passes them
@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
     app.state.engine = engine
     install_error_handlers(app)
-    for router in (similar.router, assets.router, operations.router):
+    for router in (similar.router, assets.router, operations.router, page.router):
         include_flat(app, router)
     # Outermost first: metrics see every answer; the key is checked before the body bound, and
     # both before anything reads the body. GET /similar/{ticker} is answered inside the key check,

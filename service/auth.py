@@ -1,7 +1,9 @@
 """API keys: checked before anything reads the request body, and declared in the OpenAPI document.
 
-With FASCL_REQUIRE_API_KEY, every path but /health/* needs an X-API-Key: /admin/* one with the
-`admin` scope, everything else (the OpenAPI document and unknown paths included) one with `read`.
+With FASCL_REQUIRE_API_KEY, every path but /health/* and the web page's files (/ and
+/static/page/*, which hold no data: the page asks for a key and sends it with its requests) needs an
+X-API-Key: /admin/* one with the `admin` scope, everything else (the OpenAPI document and unknown
+paths included) one with `read`.
 The check runs as a pure ASGI middleware ahead of routing, so a request without a valid key is
 answered 401/403 from its headers alone: an unauthenticated upload costs nothing to refuse.
 """
@@ -16,12 +18,14 @@ from service.errors import error_response
 from service.registry import IndexRegistry
 
 OPEN_PREFIX = "/health/"
+# A browser cannot send a header with the request for a page or its files.
+PAGE_PATH, PAGE_FILES = "/", "/static/page/"
 ADMIN_PREFIX = "/admin/"
 SCHEME = "APIKeyHeader"
 
 
 def required_scope(path: str) -> str | None:
-    if path.startswith(OPEN_PREFIX):
+    if path.startswith(OPEN_PREFIX) or path == PAGE_PATH or path.startswith(PAGE_FILES):
         return None
     return "admin" if path.startswith(ADMIN_PREFIX) else "read"
 

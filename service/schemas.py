@@ -189,3 +189,55 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class PearsonResponse(SimilarResponse):
+    """GET /similar's answer ranked by plain Pearson instead of the model."""
+
+    method: str = Field(description='"pearson"')
+    window_returns: int = Field(
+        description="Daily returns correlated: those of the closes ending at as_of (64 returns, 65 closes). "
+        "Each result's score is that Pearson correlation with the query's returns"
+    )
+
+
+class TrackRecordMonth(BaseModel):
+    month: str = Field(description="YYYY-MM")
+    dates: int = Field(description="Sampled query dates in the month")
+    queries: int
+    model: float = Field(description="FRC@k of the model's peers: mean realised future correlation")
+    pearson: float = Field(description="FRC@k of plain 64-day Pearson's peers")
+    random: float = Field(description="FRC@k of random peers")
+
+
+class TrackRecordOverall(BaseModel):
+    dates: int
+    queries: int
+    model: float
+    pearson: float
+    random: float
+
+
+class TrackRecordSample(BaseModel):
+    date_stride: int
+    max_queries_per_date: int
+    description: str
+
+
+class TrackRecordOut(BaseModel):
+    index_version: str
+    model_version: str
+    k: int
+    horizon: int = Field(description="Trading days of the realised future (64)")
+    pearson_window_returns: int
+    sample: TrackRecordSample
+    months: list[TrackRecordMonth] = Field(
+        description="Months with a sampled date whose future is known, ascending"
+    )
+    overall: TrackRecordOverall | None = Field(description="Over every sampled query; None without any")
+
+
+class FiltersOut(BaseModel):
+    index_version: str
+    sectors: list[str] = Field(description="The values GET /similar's `sector` takes")
+    exchanges: list[str] = Field(description="The values GET /similar's `exchange` takes")
