@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
+import importlib.resources
 import logging
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
 from catalogue.sessions import make_engine, session_factory
@@ -28,6 +32,14 @@ if TYPE_CHECKING:  # the entry point reads the settings (service/main.py) and pa
     from fascl.settings import Settings
 
 log = logging.getLogger("fascl.service")
+
+# The documentation pages' scripts and styles come from the fastapi-offline package's files, served
+# by the app: FastAPI's default pages load them from a CDN and are blank where it cannot be reached.
+# The package version in the path changes with the files, so browsers may keep them for a year.
+DOCS_ASSETS = f"/static/docs/{importlib.metadata.version('fastapi-offline')}"
+# ReDoc shows its maker's logo from the maker's CDN: the pages may show images from the service only
+# (the logo hides itself when refused), so viewing the documentation never calls an outside host.
+DOCS_POLICY = "img-src 'self' data:"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -77,11 +89,14 @@ def create_app(settings: Settings) -> FastAPI:
         "and two years of returns, trained so that similarity follows the correlation of future 64-day returns.",
         version="0.1.0",
         lifespan=lifespan,
-        # With keys required the HTML pages are off (a browser cannot send the key header);
-        # /openapi.json stays, behind a read key, for tools.
-        docs_url=None if settings.require_api_key else "/docs",
-        redoc_url=None if settings.require_api_key else "/redoc",
+        # The pages are served offline below (serve_docs_offline), not from FastAPI's CDN defaults.
+        docs_url=None,
+        redoc_url=None,
     )
+    # With keys required the HTML pages are off (a browser cannot send the key header);
+    # /openapi.json stays, behind a read key, for tools.
+    if not settings.require_api_key:
+        serve_docs_offline(app)
     # What the dependencies (service/deps.py) read.
     app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
     app.state.engine = engine
@@ -104,3 +119,51 @@ def create_app(settings: Settings) -> FastAPI:
     document_head_limits(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+class _ImmutableFiles(StaticFiles):
+    """Static files with a year-long cache lifetime: their URLs are versioned (DOCS_ASSETS)."""
+
+    async def get_response(self, path: str, scope):
+        response = await super().get_response(path, scope)
+        if response.status_code in (200, 304):
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        return response
+
+
+def serve_docs_offline(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with every script, style and icon from DOCS_ASSETS."""
+    static = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, _ImmutableFiles(directory=str(static)), name="docs-assets")
+
+    def assets(request: Request) -> str:
+        # Behind a proxy that strips a prefix, the page's URLs need it back.
+        return request.scope.get("root_path", "").rstrip("/") + DOCS_ASSETS
+
+    def openapi_url(request: Request) -> str:
+        return request.scope.get("root_path", "").rstrip("/") + app.openapi_url
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request):
+        html = get_swagger_ui_html(
+            openapi_url=openapi_url(request),
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{assets(request)}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets(request)}/swagger-ui.css",
+            swagger_favicon_url=f"{assets(request)}/favicon.png",
+        )
+        html.headers["Content-Security-Policy"] = DOCS_POLICY
+        return html
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request):
+        html = get_redoc_html(
+            openapi_url=openapi_url(request),
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{assets(request)}/redoc.standalone.js",
+            redoc_favicon_url=f"{assets(request)}/favicon.png",
+            # Google Fonts is another outside host; the page falls back to the system's fonts.
+            with_google_fonts=False,
+        )
+        html.headers["Content-Security-Policy"] = DOCS_POLICY
+        return html
