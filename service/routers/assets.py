@@ -100,7 +100,15 @@ DATE_QUERY = {"format": "date"}
 
 
 def _date(value: str | None, field: str) -> dt.date | None:
-    """parse_date, with the parameter named in the error: a request has two dates."""
+    """parse_date, with the parameter named in the error: a request has two dates. An empty value
+    is refused, not taken for the default: the parameter is documented as a date."""
+    if value == "":
+        raise APIError(
+            422,
+            "invalid_date",
+            f"{field}: an empty value is not a YYYY-MM-DD date; leave {field} out for its default",
+            {"field": field, "date": ""},
+        )
     try:
         return parse_date(value)
     except APIError as exc:

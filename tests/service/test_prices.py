@@ -147,7 +147,7 @@ def test_bad_requests_are_refused_in_the_one_shape(client, panel):
     error = error_of(client.get(f"/assets/{ticker[:-1]}Q/prices"), 404, "unknown_ticker")
     assert error["detail"]["close_matches"]
     for field in ("from", "to"):
-        for value in ("2011-02-30", "yesterday", "2011-2-3"):
+        for value in ("2011-02-30", "yesterday", "2011-2-3", ""):
             error = error_of(
                 client.get(f"/assets/{ticker}/prices", params={field: value}), 422, "invalid_date"
             )
