@@ -8,43 +8,57 @@ vector that date whose trailing 64 returns and next 64 returns are complete. The
 the inner product of their stored embeddings (what the service's exact search answers), Pearson by
 the correlation of their trailing 64 daily returns, random by a draw fixed by the date.
 
-A sample keeps it to a second or two: every SAMPLE_STRIDE-th such date, and at most
-MAX_QUERIES query assets a date (a fixed draw). It is computed once per index version and k, on
-first request, and kept until another version is served.
+A sample keeps it short: every SAMPLE_STRIDE-th such date, and at most MAX_QUERIES query assets a
+date (a fixed draw). Each method's top-MAX_K peers are ranked once per index version, on first
+request; what is kept is, per date and method, the sum over queries of FRC@k for every k, so any k
+is then a sum of a few numbers, and the record is kept until another version is served.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
-from model.metrics import peer_frc, top_k_peers
+from model.metrics import top_k_peers
 from model.targets import HORIZON, future_returns
 from service.pearson import WINDOW_RETURNS, trailing_returns, unit_rows
 from service.registry import Snapshot
+from service.schemas import MAX_K
 
 SAMPLE_STRIDE = 16  # as `fascl evaluate --stride 16`: dates 16 apart share little of their futures
 MAX_QUERIES = 300
 METHODS = ("model", "pearson", "random")
 
+
+@dataclass(frozen=True)
+class DateRecord:
+    date: dt.date
+    queries: int
+    # Per method, (up to MAX_K,): entry k-1 is the sum over the date's queries of FRC@k; as many
+    # entries as the date had candidates besides the query, at most MAX_K.
+    sums: dict[str, np.ndarray]
+
+
 _lock = threading.Lock()  # one computation at a time; others wait for its result
-_cache: dict[tuple[str, int], dict] = {}
+_cache: dict[str, list[DateRecord]] = {}  # index version -> its dates' records
 
 
 def track_record(snapshot: Snapshot, k: int) -> dict:
-    """The track record of the served version at k, computed on first use and cached."""
-    key = (snapshot.index_version, k)
+    """The track record of the served version at k (1..MAX_K), from its records computed on first use."""
     with _lock:
-        if key not in _cache:
-            # Only the served version's records are kept: a swap lets the old ones go.
-            for old in [c for c in _cache if c[0] != snapshot.index_version]:
-                del _cache[old]
-            _cache[key] = _compute(snapshot, k)
-        return _cache[key]
+        records = _cache.get(snapshot.index_version)
+        if records is None:
+            _cache.clear()  # only the served version's records are kept
+            records = _cache[snapshot.index_version] = [
+                r for d in sample_dates(snapshot) if (r := _date_record(snapshot, d)) is not None
+            ]
+    return _summary(snapshot, records, k)
 
 
-def sample_dates(snapshot: Snapshot) -> list:
+def sample_dates(snapshot: Snapshot) -> list[dt.date]:
     """Indexed dates whose next 64 closes are in the panel, every SAMPLE_STRIDE-th from the first."""
     if snapshot.close is None:
         return []
@@ -53,21 +67,20 @@ def sample_dates(snapshot: Snapshot) -> list:
     return known[::SAMPLE_STRIDE]
 
 
-def _date_frc(snapshot: Snapshot, date, k: int) -> dict[str, np.ndarray] | None:
-    """Per query of one date, FRC@k of each method; None when too few candidates."""
+def _date_record(snapshot: Snapshot, date: dt.date) -> DateRecord | None:
+    """One date's FRC sums for every k and method; None with fewer than two candidates."""
     _, ids, vectors = snapshot.reader.vectors(date)  # the assets with a vector that date
-    ids = np.asarray(ids, dtype=np.int64)
+    columns = snapshot.close_column[np.asarray(ids, dtype=np.int64)]
     t = snapshot.close_position[date]
-    columns = snapshot.close_column[ids]
     past, past_ok = trailing_returns(snapshot.close, t, columns)
     future, future_ok = future_returns(snapshot.close, t, np.maximum(columns, 0), HORIZON)
     keep = past_ok & future_ok & (columns >= 0)
-    if keep.sum() <= k:
+    n = int(keep.sum())
+    if n < 2:
         return None
     past, future = past[keep], future[keep]
     embeddings = np.asarray(vectors[keep], dtype=np.float32)
     rng = np.random.default_rng(date.toordinal())
-    n = len(past)
     queries = np.sort(rng.choice(n, size=min(n, MAX_QUERIES), replace=False))
     future_units = unit_rows(future)
     future_corr = future_units[queries] @ future_units.T  # (queries, candidates)
@@ -77,39 +90,29 @@ def _date_frc(snapshot: Snapshot, date, k: int) -> dict[str, np.ndarray] | None:
         "pearson": past_units[queries] @ past_units.T,
         "random": rng.random((len(queries), n)),
     }
-    rows = np.arange(len(queries))
-    return {
-        m: peer_frc(top_k_peers(s, k, queries=queries), future_corr, queries=rows) for m, s in scores.items()
-    }
+    depth = min(MAX_K, n - 1)
+    rows = np.arange(len(queries))[:, None]
+    sums = {}
+    for method, s in scores.items():
+        peers = top_k_peers(s, depth, queries=queries)  # (queries, depth), best first
+        realised = future_corr[rows, peers]
+        frc = np.cumsum(realised, axis=1) / np.arange(1, depth + 1)  # column k-1: FRC@k per query
+        sums[method] = frc.sum(axis=0)
+    return DateRecord(date, len(queries), sums)
 
 
-def _compute(snapshot: Snapshot, k: int) -> dict:
-    months: dict[str, dict] = {}
-    everything = {m: [] for m in METHODS}
-    for date in sample_dates(snapshot):
-        frc = _date_frc(snapshot, date, k)
-        if frc is None:
-            continue
-        month = months.setdefault(date.isoformat()[:7], {"dates": 0, **{m: [] for m in METHODS}})
-        month["dates"] += 1
-        for m in METHODS:
-            month[m].append(frc[m])
-            everything[m].append(frc[m])
+def _summary(snapshot: Snapshot, records: list[DateRecord], k: int) -> dict:
+    """FRC@k by month and over every sampled query, from the dates with at least k candidates."""
+    usable = [r for r in records if len(r.sums["model"]) >= k]
 
-    def means(values: dict) -> dict:
-        return {m: round(float(np.concatenate(values[m]).mean()), 6) for m in METHODS}
+    def row(group: list[DateRecord]) -> dict:
+        queries = sum(r.queries for r in group)
+        means = {m: round(float(sum(r.sums[m][k - 1] for r in group) / queries), 6) for m in METHODS}
+        return {"dates": len(group), "queries": queries, **means}
 
-    rows = [
-        {"month": name, "dates": m["dates"], "queries": int(sum(len(v) for v in m["model"])), **means(m)}
-        for name, m in sorted(months.items())
-    ]
-    overall = None
-    if rows:
-        overall = {
-            "dates": sum(r["dates"] for r in rows),
-            "queries": sum(r["queries"] for r in rows),
-            **means(everything),
-        }
+    months: dict[str, list[DateRecord]] = {}
+    for r in usable:
+        months.setdefault(r.date.isoformat()[:7], []).append(r)
     return {
         "index_version": snapshot.index_version,
         "model_version": snapshot.model_version,
@@ -124,6 +127,6 @@ def _compute(snapshot: Snapshot, k: int) -> dict:
             "methods rank the same candidates: the assets with a vector whose trailing and next "
             f"{HORIZON} daily returns are complete",
         },
-        "months": rows,
-        "overall": overall,
+        "months": [{"month": name, **row(group)} for name, group in sorted(months.items())],
+        "overall": row(usable) if usable else None,
     }

@@ -93,7 +93,8 @@ router.add_api_route(
 def track(snap: SnapshotDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> Response:
     """Realised FRC@k of the model's peers by month, against plain 64-day Pearson and random peers,
     over a sample of the served index's dates whose 64-day future is known (the sample is
-    described in the answer). Computed once per index version and k: the first request waits."""
+    described in the answer). Ranked once per index version, for every k at once: the first
+    request waits."""
     if snap.close is None:
         raise APIError(
             404,

@@ -238,6 +238,35 @@ def test_track_record_by_month_against_pearson_and_random(client, panel):
     assert client.get("/track-record").json()["k"] == 10
 
 
+def test_track_record_equals_frc_at_k_recomputed_with_numpy(client, panel, deployment):
+    """Every 16th indexed date whose next 64 closes exist; on each, every asset with a vector and
+    complete trailing and next 64 returns is a query (the sample has fewer than 300) and a candidate."""
+    k = 3
+    record = client.get("/track-record", params={"k": k}).json()
+    root = deployment.home / "indexes" / deployment.versions[0]
+    tickers = index_tickers(deployment)
+    indexed = client.get("/dates").json()["dates"]
+    known = [d for d in indexed if panel.date_position(d) + 64 < len(panel.dates)]
+    frc = {"model": [], "pearson": []}
+    for date in known[::16]:
+        t = panel.date_position(date)
+        ids, vectors = np.load(root / "ids" / f"{date}.npy"), np.load(root / "vectors" / f"{date}.npy")
+        columns = [panel.asset_index(tickers[i]) for i in ids]
+        closes = panel.close[t - 64 : t + 65][:, columns].astype(np.float64)  # 64 before, 64 after
+        returns = closes[1:] / closes[:-1] - 1.0
+        past, future = returns[:64], returns[64:]
+        keep = np.isfinite(past).all(axis=0) & np.isfinite(future).all(axis=0)
+        realised = np.corrcoef(future[:, keep].T)
+        scores = {"model": vectors[keep] @ vectors[keep].T, "pearson": np.corrcoef(past[:, keep].T)}
+        for method, s in scores.items():
+            for q in range(int(keep.sum())):
+                peers = [j for j in np.argsort(-s[q], kind="stable") if j != q][:k]
+                frc[method].append(realised[q, peers].mean())
+    assert record["overall"]["queries"] == len(frc["model"])
+    for method, values in frc.items():
+        assert record["overall"][method] == pytest.approx(np.mean(values), abs=2e-6), method
+
+
 def test_track_record_refuses_a_bad_k(client):
     for k in ("0", "101", "ten"):
         error = error_of(client.get("/track-record", params={"k": k}), 422, "invalid_request")
