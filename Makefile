@@ -29,6 +29,8 @@ demo: $(STAMP)
 	@echo "  open http://127.0.0.1:8000/docs"
 	@echo "  $(BIN)/fascl evaluate --model $(FASCL_HOME)/models/synthetic-small --out reports/synthetic"
 	@echo
+	@echo "The page (peers, their chart, Pearson beside them, the track record): http://127.0.0.1:8000/"
+	@echo
 	$(BIN)/fascl serve
 
 test: $(STAMP)
