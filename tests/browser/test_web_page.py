@@ -26,6 +26,13 @@ def test_a_query_shows_the_peers_of_get_similar_in_the_table_and_the_chart(serve
     assert not browser.find_element(By.ID, "key-form").is_displayed()  # no key is required here
     box = browser.find_element(By.ID, "ticker")
     box.send_keys(ticker.lower())  # any case: the page asks in upper case
+    # Completion from GET /assets?q=: the ticker is among the suggestions.
+    wait.until(
+        lambda d: (
+            ticker
+            in [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#ticker-options option")]
+        )
+    )
     # The date picker: set as a user's pick lands (value, then a change event).
     picker = browser.find_element(By.ID, "date")
     assert picker.get_attribute("max") == httpx.get(f"{server}/dates").json()["last"]
@@ -50,9 +57,25 @@ def test_a_query_shows_the_peers_of_get_similar_in_the_table_and_the_chart(serve
     beside = browser.find_elements(By.CSS_SELECTOR, "#pearson-table tbody tr")
     assert [r.get_attribute("data-ticker") for r in beside] == [r["ticker"] for r in pearson["results"]]
 
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]  # read, and so cleared
+    assert not errors, errors
+
+    # A wrong ticker: the service's message, the peers of the last query left in place.
+    box.clear()
+    box.send_keys("NOPE")
+    browser.find_element(By.ID, "submit").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "body[data-state='error']")))
+    assert "unknown ticker" in browser.find_element(By.ID, "status").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#model-table tbody tr")) == len(peers)
+    box.clear()
+    box.send_keys(ticker)
+    browser.find_element(By.ID, "submit").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "body[data-state='done']")))
+
     browser.find_element(By.ID, "track-load").click()
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#track-table tbody tr.overall")))
     browser.execute_script("window.scrollTo(0, 0)")
     save_screenshot(browser, "page")
-    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    # Nothing failed since but the wrong ticker's requests (the browser logs their 404s).
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "/NOPE" not in e["message"]]
     assert not errors, errors

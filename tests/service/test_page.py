@@ -5,6 +5,7 @@ record, the filter values, and every refusal in the one error shape."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -271,6 +272,30 @@ def test_track_record_refuses_a_bad_k(client):
     for k in ("0", "101", "ten"):
         error = error_of(client.get("/track-record", params={"k": k}), 422, "invalid_request")
         assert error["detail"][0]["field"] == "k"
+
+
+def test_without_an_index_or_its_market_data(env, deployment, panel, tmp_path, database_url):
+    settings, _ = env
+    # The panel moved away before the service starts: the model answers, Pearson and the record cannot.
+    aside = tmp_path / "panel-aside"
+    shutil.move(deployment.panel_path, aside)
+    try:
+        client = TestClient(create_app(settings))
+        client.__enter__()
+    finally:
+        shutil.move(aside, deployment.panel_path)
+    try:
+        assert client.get(f"/similar/{panel.tickers[0]}").status_code == 200
+        error_of(client.get(f"/similar/{panel.tickers[0]}/pearson"), 404, "prices_unavailable")
+        error_of(client.get("/track-record"), 404, "prices_unavailable")
+        error_of(client.get("/similar/NOPE/pearson"), 404, "unknown_ticker")
+    finally:
+        client.__exit__(None, None, None)
+    empty = Settings(home=tmp_path / "empty", database_url=database_url)
+    with TestClient(create_app(empty)) as bare:
+        assert bare.get("/").status_code == 200  # the page still loads, and says what is wrong
+        for path in (f"/similar/{panel.tickers[0]}/pearson", "/track-record", "/filters"):
+            error_of(bare.get(path), 503, "no_index")
 
 
 def test_filters_list_the_index_values(client, panel):

@@ -175,7 +175,7 @@ async function search() {
     ]);
     $("title-ticker").textContent = model.query.ticker;
     $("title-date").textContent = model.query.as_of;
-    $("results").hidden = false;
+    $("results").classList.add("has-results");
     fillTable($("model-table"), model.results);
     if (pearson instanceof Error) {
       fillTable($("pearson-table"), []);
@@ -307,7 +307,7 @@ async function loadTrackRecord() {
   try {
     const record = await api(`/track-record?${query({ k })}`);
     const table = el("table", { id: "track-table" });
-    table.append(el("caption", {}, `FRC@${record.k} by month. Sample: ${record.sample.description}.`));
+    table.append(el("caption", {}, `FRC@${record.k} by month`));
     const head = el("tr");
     for (const name of ["Month", "Dates", "Queries", "Model", "Pearson", "Random"]) head.append(el("th", { scope: "col" }, name));
     table.append(el("thead"));
@@ -323,7 +323,8 @@ async function loadTrackRecord() {
     for (const m of record.months) body.append(row(m.month, m));
     if (record.overall) body.append(row("All", record.overall, "overall"));
     table.append(body);
-    $("track-body").replaceChildren(record.months.length ? table : el("p", {}, "No indexed date has a known 64-day future yet."));
+    const sample = el("p", { class: "muted" }, `Sample: ${record.sample.description}.`);
+    $("track-body").replaceChildren(record.months.length ? table : el("p", {}, "No indexed date has a known 64-day future yet."), sample);
   } catch (e) {
     $("track-body").replaceChildren(el("p", { class: "muted" }, e.message));
   } finally {
