@@ -22,7 +22,7 @@ from index.store import IndexStore
 from market.panel import Panel
 from service.app import create_app
 from service.params import SIMILAR_PARAMETERS
-from tests.service.fixtures import make_deployment
+from tests.service.fixtures import error_of, make_deployment, serving
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +33,7 @@ def deployment(tmp_path_factory):
 @pytest.fixture
 def env(deployment, database_url):
     """The deployment's store with a migrated database holding its assets and the first version active."""
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    factory = session_factory(engine)
-    store = IndexStore(deployment.home / "indexes")
-    with session_scope(factory) as session:
-        upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
-        register_index(session, store.open_version(deployment.versions[0]), activate=True)
-    settings = Settings(home=deployment.home, database_url=database_url, index_poll_seconds=3600)
+    settings, factory, engine = serving(deployment, database_url)
     yield settings, factory
     engine.dispose()
 
@@ -66,14 +59,6 @@ def brute_force(deployment, version, date, ticker, k):
     scores = vectors @ vectors[q]
     order = [i for i in np.argsort(-scores, kind="stable") if i != q][:k]
     return [tickers[ids[i]] for i in order], scores[order]
-
-
-def error_of(response, status, code):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code, body
-    assert body["error"]["message"]
-    return body["error"]
 
 
 def test_similar_matches_brute_force_and_never_returns_the_query(client, deployment, panel):

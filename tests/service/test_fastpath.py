@@ -8,16 +8,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from catalogue.migrate import upgrade
 from catalogue.models import IndexVersionRecord
-from catalogue.repository import create_api_key, register_index, upsert_assets
+from catalogue.repository import create_api_key
 from catalogue.sessions import make_engine, session_factory, session_scope
 from fascl.settings import Settings
-from index.store import IndexStore
 from market.panel import Panel
 from service.app import create_app
 from service.fastpath import SimilarFastPath
-from tests.service.fixtures import make_deployment
+from tests.service.fixtures import make_deployment, serving
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +25,9 @@ def deployment(tmp_path_factory):
 
 @pytest.fixture
 def settings(deployment, database_url):
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    with session_scope(session_factory(engine)) as session:
-        upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
-        register_index(session, IndexStore(deployment.home / "indexes").open_version(deployment.versions[0]))
+    settings, _, engine = serving(deployment, database_url)
     engine.dispose()
-    return Settings(home=deployment.home, database_url=database_url, index_poll_seconds=3600)
+    return settings
 
 
 def without_fast_path(settings: Settings):

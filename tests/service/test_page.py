@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from catalogue.migrate import upgrade
-from catalogue.repository import create_api_key, register_index, upsert_assets
-from catalogue.sessions import make_engine, session_factory, session_scope
+from catalogue.repository import create_api_key
+from catalogue.sessions import session_scope
 from fascl.settings import Settings
 from index.store import IndexStore
 from market.panel import Panel
 from service.app import create_app
-from tests.service.fixtures import make_deployment
+from tests.service.fixtures import error_of, make_deployment, serving
 
 DATE = "2011-02-15"  # with a known 64-day future, after the sample's last asset lost a week of bars
 
@@ -34,18 +33,9 @@ def panel(deployment):
 
 
 @pytest.fixture
-def env(deployment, panel, database_url):
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    factory = session_factory(engine)
-    with session_scope(factory) as session:
-        upsert_assets(session, panel, "synthetic")
-        register_index(
-            session,
-            IndexStore(deployment.home / "indexes").open_version(deployment.versions[0]),
-            activate=True,
-        )
-    yield Settings(home=deployment.home, database_url=database_url, index_poll_seconds=3600), factory
+def env(deployment, database_url):
+    settings, factory, engine = serving(deployment, database_url)
+    yield settings, factory
     engine.dispose()
 
 
@@ -53,14 +43,6 @@ def env(deployment, panel, database_url):
 def client(env):
     with TestClient(create_app(env[0])) as client:
         yield client
-
-
-def error_of(response, status, code):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code, body
-    assert body["error"]["message"]
-    return body["error"]
 
 
 def index_tickers(deployment) -> list[str]:
