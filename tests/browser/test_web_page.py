@@ -23,6 +23,11 @@ def test_a_query_shows_the_peers_of_get_similar_in_the_table_and_the_chart(serve
 
     browser.get(f"{server}/")
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready='true']")))
+    # First paint under a second (the browser's own measure, from navigation start).
+    paint = browser.execute_script(
+        "const e = performance.getEntriesByName('first-contentful-paint'); return e.length ? e[0].startTime : null;"
+    )
+    assert paint is not None and paint < 1000, f"first contentful paint at {paint} ms"
     assert not browser.find_element(By.ID, "key-form").is_displayed()  # no key is required here
     box = browser.find_element(By.ID, "ticker")
     box.send_keys(ticker.lower())  # any case: the page asks in upper case
