@@ -243,8 +243,8 @@ def build_version(
         store.keep = keep
     faiss_threads = ann.set_threads(threads) if threads is not None else faiss.omp_get_max_threads()
     shard = current_shard()
-    if not shard.main:  # one progress display, rank 0's
-        console, progress = Console(quiet=True), False
+    if not shard.main:  # one progress display and one report of the stages, rank 0's
+        console, progress, on_stage = Console(quiet=True), False, lambda stage: None
     model, info = load_model(checkpoint, device if device is not None else shard_device(shard))
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
