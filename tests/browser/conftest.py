@@ -9,6 +9,7 @@ FASCL_TEST_ARTIFACTS, or var/test-artifacts/ (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from catalogue.migrate import upgrade
-from catalogue.repository import register_index, upsert_assets
+from catalogue.repository import create_api_key, register_index, upsert_assets
 from catalogue.sessions import make_engine, session_factory, session_scope
 from index.store import IndexStore
 from market.panel import Panel
@@ -68,13 +69,11 @@ def browser_deployment(tmp_path_factory):
     return make_deployment(tmp_path_factory.mktemp("browser-home"))
 
 
-@pytest.fixture(scope="module")
-def server(browser_deployment, tmp_path_factory) -> str:
-    """A real `fascl serve` process on a free port of 127.0.0.1 (one worker, API keys not required),
-    on its own migrated SQLite database holding the deployment's assets with the first index version
-    active; yields its base URL, e.g. http://127.0.0.1:41234."""
-    deployment = browser_deployment
-    workdir = tmp_path_factory.mktemp("browser-server")
+@contextlib.contextmanager
+def running_server(deployment, workdir: Path, *, require_api_key: bool = False):
+    """A real `fascl serve` process on a free port of 127.0.0.1 (one worker) on its own migrated SQLite
+    database holding the deployment's assets with the first index version active; yields (its base
+    URL, e.g. http://127.0.0.1:41234, and a key with the read scope, created in that database)."""
     database_url = f"sqlite:///{workdir / 'fascl.db'}"
     upgrade(database_url)
     engine = make_engine(database_url)
@@ -82,6 +81,7 @@ def server(browser_deployment, tmp_path_factory) -> str:
         upsert_assets(session, Panel.load(deployment.panel_path), "synthetic")
         store = IndexStore(deployment.home / "indexes")
         register_index(session, store.open_version(deployment.versions[0]), activate=True)
+        key = create_api_key(session, "browser", ["read"])
     engine.dispose()
 
     port = free_port()
@@ -90,7 +90,7 @@ def server(browser_deployment, tmp_path_factory) -> str:
         "FASCL_HOME": str(deployment.home),
         "FASCL_DATABASE_URL": database_url,
         "FASCL_DATASET": "synthetic",
-        "FASCL_REQUIRE_API_KEY": "false",  # the HTML pages are off with keys
+        "FASCL_REQUIRE_API_KEY": "true" if require_api_key else "false",
         "FASCL_INDEX_POLL_SECONDS": "3600",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -114,7 +114,7 @@ def server(browser_deployment, tmp_path_factory) -> str:
                 if time.monotonic() > deadline:
                     pytest.fail(f"fascl serve not ready in 60 s:\n{log_path.read_text()}")
                 time.sleep(0.2)
-            yield base
+            yield base, key
         finally:
             process.terminate()
             try:
@@ -122,6 +122,21 @@ def server(browser_deployment, tmp_path_factory) -> str:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(browser_deployment, tmp_path_factory) -> str:
+    """The base URL of a real `fascl serve` with API keys not required (the HTML docs are off with keys)."""
+    with running_server(browser_deployment, tmp_path_factory.mktemp("browser-server")) as (base, _):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def keyed_server(browser_deployment, tmp_path_factory) -> tuple[str, str]:
+    """(base URL, a read key) of a real `fascl serve` that requires API keys."""
+    workdir = tmp_path_factory.mktemp("browser-keyed-server")
+    with running_server(browser_deployment, workdir, require_api_key=True) as served:
+        yield served
 
 
 @pytest.fixture

@@ -84,3 +84,38 @@ def test_a_query_shows_the_peers_of_get_similar_in_the_table_and_the_chart(serve
     # Nothing failed since but the wrong ticker's requests (the browser logs their 404s).
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "/NOPE" not in e["message"]]
     assert not errors, errors
+
+
+def test_with_keys_required_the_page_asks_for_one_and_answers_with_it(keyed_server, browser):
+    """The page and its files load without a key; its first data request is refused, so it asks for
+    one; a wrong key is refused and asked for again; with the right one the query answers as GET
+    /similar does for that key."""
+    server, key = keyed_server
+    headers = {"X-API-Key": key}
+    ticker = httpx.get(f"{server}/assets", params={"limit": 10}, headers=headers).json()["items"][2]["ticker"]
+    expected = httpx.get(f"{server}/similar/{ticker}", params={"date": DATE, "k": 10}, headers=headers).json()
+    wait = WebDriverWait(browser, 30)
+
+    browser.get(f"{server}/")
+    form = wait.until(ec.visibility_of_element_located((By.ID, "key-form")))
+    assert browser.execute_script("return sessionStorage.getItem('fascl-api-key')") is None
+    browser.find_element(By.ID, "api-key").send_keys("fascl_wrong_key")
+    form.find_element(By.TAG_NAME, "button").click()
+    wait.until(lambda d: "refused" in d.find_element(By.ID, "status").text)
+    assert form.is_displayed()  # asked again
+
+    browser.find_element(By.ID, "api-key").clear()
+    browser.find_element(By.ID, "api-key").send_keys(key)
+    form.find_element(By.TAG_NAME, "button").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready='true']")))
+    assert not form.is_displayed()
+    assert browser.execute_script("return sessionStorage.getItem('fascl-api-key')") == key
+    browser.find_element(By.ID, "ticker").send_keys(ticker)
+    picker = browser.find_element(By.ID, "date")
+    browser.execute_script(
+        "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('change'));", picker, DATE
+    )
+    browser.find_element(By.ID, "submit").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "body[data-state='done']")))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#model-table tbody tr")
+    assert [r.get_attribute("data-ticker") for r in rows] == [r["ticker"] for r in expected["results"]]
