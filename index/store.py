@@ -58,7 +58,7 @@ from index.errors import IndexCorruptError, IndexStoreError, VersionNotFound
 FORMAT = "fascl-index/2"
 READABLE_FORMATS = ("fascl-index/1", FORMAT)
 # float16 halves a flat date's vector file; scores of searched queries then carry its rounding
-# (bench/index_speed.py measures recall@10 against float32). The stored top-K tables are computed
+# (bench/export_speed.py measures recall@10 against float32). The stored top-K tables are computed
 # from the rounded vectors, so a lookup and a search of the same date agree.
 VECTOR_DTYPES = ("float32", "float16")
 MANIFEST = "manifest.json"
