@@ -19,35 +19,15 @@ from catalogue.repository import create_api_key, register_index, upsert_assets
 from catalogue.sessions import make_engine, session_factory, session_scope
 from fascl.settings import Settings
 from index.store import IndexStore
-from market.panel import Panel
 from service.app import create_app
 from service.params import SIMILAR_PARAMETERS
-from tests.service.fixtures import error_of, make_deployment, serving
+from tests.service.fixtures import error_of, make_deployment
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
+    """Two published versions (env, client and panel: tests/service/conftest.py serve the first)."""
     return make_deployment(tmp_path_factory.mktemp("home"), versions=2)
-
-
-@pytest.fixture
-def env(deployment, database_url):
-    """The deployment's store with a migrated database holding its assets and the first version active."""
-    settings, factory, engine = serving(deployment, database_url)
-    yield settings, factory
-    engine.dispose()
-
-
-@pytest.fixture
-def client(env):
-    settings, _ = env
-    with TestClient(create_app(settings)) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def panel(deployment):
-    return Panel.load(deployment.panel_path)
 
 
 def brute_force(deployment, version, date, ticker, k):

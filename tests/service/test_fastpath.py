@@ -15,19 +15,11 @@ from fascl.settings import Settings
 from market.panel import Panel
 from service.app import create_app
 from service.fastpath import SimilarFastPath
-from tests.service.fixtures import make_deployment, serving
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    return make_deployment(tmp_path_factory.mktemp("home"), versions=1)
 
 
 @pytest.fixture
-def settings(deployment, database_url):
-    settings, _, engine = serving(deployment, database_url)
-    engine.dispose()
-    return settings
+def settings(env):
+    return env[0]
 
 
 def without_fast_path(settings: Settings):

@@ -15,34 +15,10 @@ from catalogue.repository import create_api_key
 from catalogue.sessions import session_scope
 from fascl.settings import Settings
 from index.store import IndexStore
-from market.panel import Panel
 from service.app import create_app
-from tests.service.fixtures import error_of, make_deployment, serving
+from tests.service.fixtures import error_of
 
 DATE = "2011-02-15"  # with a known 64-day future, after the sample's last asset lost a week of bars
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    return make_deployment(tmp_path_factory.mktemp("home"))
-
-
-@pytest.fixture(scope="module")
-def panel(deployment):
-    return Panel.load(deployment.panel_path)  # cleaned, as the service loads it
-
-
-@pytest.fixture
-def env(deployment, database_url):
-    settings, factory, engine = serving(deployment, database_url)
-    yield settings, factory
-    engine.dispose()
-
-
-@pytest.fixture
-def client(env):
-    with TestClient(create_app(env[0])) as client:
-        yield client
 
 
 def index_tickers(deployment) -> list[str]:
