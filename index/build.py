@@ -259,12 +259,26 @@ def build_version(
             f"{info.window} days of history in this panel"
         )
     day = [str(d) for d in panel.dates[positions]]
-    digests = {
-        d: window_digest(cube, int(p), cube.eligible_assets(int(p)))
-        for p, d in zip(positions, day, strict=True)
-    }
-    reusable = reusable_dates(
-        reuse, info, index_kind, params, digests, neighbors, vector_dtype=vector_dtype, precision=precision
+
+    def digests_of(where) -> dict[str, str]:
+        return {str(panel.dates[p]): window_digest(cube, int(p), cube.eligible_assets(int(p))) for p in where}
+
+    # Rank 0 plans (index/shards.py): it digests every date to find the reusable ones; the other
+    # ranks take that list and digest only the dates they embed.
+    digests = digests_of(positions) if shard.main else {}
+    reusable = shard.from_main(
+        reusable_dates(
+            reuse,
+            info,
+            index_kind,
+            params,
+            digests,
+            neighbors,
+            vector_dtype=vector_dtype,
+            precision=precision,
+        )
+        if shard.main
+        else None
     )
     prior = reuse.manifest["tickers"]["ticker"] if reusable else None
     tickers, asset_of_col = ticker_table(panel, cube.eligible, positions, prior)
@@ -318,6 +332,8 @@ def build_version(
     if not shard.main:
         staging = store.staging(shard.staging_key(key), spec)
     all_todo, todo = todo, shard.share(todo)
+    if not shard.main:
+        digests = digests_of(todo)
     stages = {"prepare": time.perf_counter() - started, "embed": 0.0, "index": 0.0, "commit": 0.0}
     on_stage("embed")
     columns = (
