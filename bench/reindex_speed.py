@@ -124,12 +124,12 @@ def main() -> None:
             raise SystemExit(f"reindex {outcome.status}: {outcome.message}")
 
         panel = Panel.load(panel_path)
-        first = IndexStore(work / "indexes").open_version(outcome.index_version).manifest["dates"][0]
+        tonight = IndexStore(work / "indexes").open_version(outcome.index_version).manifest
         started = time.perf_counter()
         rebuild = build_version(
-            IndexStore(work / "indexes").open_version(outcome.index_version).manifest["model"]["checkpoint"],
+            tonight["model"]["checkpoint"],
             panel,
-            start=first,
+            start=tonight["dates"][0],
             store=IndexStore(work / "rebuild"),
             threads=args.threads,
             precision=args.precision,
