@@ -203,13 +203,24 @@ def drop_self(
     return labels[keep].reshape(len(ids), k), scores[keep].reshape(len(ids), k)
 
 
-def neighbor_table(vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+def as_queries(vectors: np.ndarray, query_prior: bool) -> np.ndarray:
+    """Stored vectors as queries (float32, C order): where the model's last coordinate is a candidate
+    prior (model/encoder.py, query_prior), a query reads it as 1, so that the inner product of query i
+    with stored j is e_i . e_j + p_j. Otherwise the vectors themselves."""
+    queries = np.array(vectors, dtype=np.float32, order="C", ndmin=2, copy=query_prior or None)
+    if query_prior:
+        queries[:, -1] = 1.0
+    return queries
+
+
+def neighbor_table(vectors: np.ndarray, ids: np.ndarray, k: int, query_prior: bool = False) -> np.ndarray:
     """Every asset's exact top-k by inner product among the others, best first, as a structured
-    (n, k) array of (id, score); rows of a date with fewer than k+1 assets end in id -1."""
+    (n, k) array of (id, score); rows of a date with fewer than k+1 assets end in id -1.
+    `query_prior`: the queries read the last coordinate as 1 (as_queries)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(vectors)
-    scores, rows = flat.search(vectors, k + 1)
+    scores, rows = flat.search(as_queries(vectors, query_prior), k + 1)
     labels = np.where(rows >= 0, np.asarray(ids, dtype=np.int64)[np.maximum(rows, 0)], -1)
     labels, scores = drop_self(labels, scores, np.asarray(ids, dtype=np.int64), k)
     table = np.empty(labels.shape, dtype=NEIGHBOR_DTYPE)

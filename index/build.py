@@ -160,11 +160,13 @@ def reusable_dates(
     return [d for d, digest in digests.items() if old.get(d) is not None and old[d] == digest]
 
 
-def neighbors_of(vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray | None:
+def neighbors_of(
+    vectors: np.ndarray, ids: np.ndarray, k: int, query_prior: bool = False
+) -> np.ndarray | None:
     """The date's stored neighbor table, or None where it has none (k = 0, or too many assets)."""
     if k <= 0 or len(ids) > ann.NEIGHBOR_TABLE_MAX:
         return None
-    return ann.neighbor_table(vectors, ids, k)
+    return ann.neighbor_table(vectors, ids, k, query_prior)
 
 
 def store_date(
@@ -179,17 +181,19 @@ def store_date(
     vector_dtype: str = "float32",
     window: str | None = None,
     neighbors: int = NEIGHBORS,
+    query_prior: bool = False,
 ) -> dict:
     """Write one date into `staging`, each vector once: a flat date as its vectors (in `vector_dtype`;
     its exact index is built from them at load), an approximate date as its index, which holds them.
-    The neighbor table is computed from the vectors as stored, so a lookup and a search agree."""
+    The neighbor table is computed from the vectors as stored, so a lookup and a search agree
+    (`query_prior`: the model's last coordinate is a candidate prior, read as 1 by queries)."""
     if kind == "flat":
         stored = vectors.astype(vector_dtype, copy=False)
         exact = stored if stored.dtype == np.float32 else stored.astype(np.float32)
-        table = neighbors_of(exact, ids, neighbors)
+        table = neighbors_of(exact, ids, neighbors, query_prior)
         return staging.write_date(date, ids, kind, vectors=stored, window=window, neighbors=table)
     index = ann.build_index(vectors, ids, kind, params=params, use_gpu=use_gpu)
-    table = neighbors_of(vectors, ids, neighbors)
+    table = neighbors_of(vectors, ids, neighbors, query_prior)
     return staging.write_date(
         date, ids, kind, index_bytes=faiss.serialize_index(index), window=window, neighbors=table
     )
@@ -377,6 +381,7 @@ def build_version(
                     vector_dtype=vector_dtype,
                     window=digests[date],
                     neighbors=neighbors,
+                    query_prior=info.query_prior,
                 )
                 stages["index"] += time.perf_counter() - clock
                 if vectors_done == 0:
@@ -512,6 +517,7 @@ def _take_over(
         vector_dtype=vector_dtype,
         window=window,
         neighbors=neighbors,
+        query_prior=source.query_prior,
     )
 
 

@@ -52,6 +52,7 @@ class ModelInfo:
     meta: dict
     history: int = 0  # days of long-history returns the encoder reads (0: none)
     unit_norm: bool = True  # False: vectors lie in the unit ball and scores are inner products
+    query_prior: bool = False  # True: the last coordinate is a candidate prior, read as 1 by queries
 
     @property
     def version(self) -> str:
@@ -69,6 +70,7 @@ class ModelInfo:
             "window": self.window,
             "history": self.history,
             "unit_norm": self.unit_norm,
+            "query_prior": self.query_prior,
             "encoder_config": self.meta.get("encoder_config", {}),
             "train_data": self.meta.get("data", {}),
             "splits": self.meta.get("splits", {}),
@@ -118,6 +120,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None)
         meta=meta,
         history=int(model.config.history),
         unit_norm=bool(model.unit_norm),
+        query_prior=bool(getattr(model, "query_prior", False)),
     )
     return model, info
 
@@ -162,11 +165,12 @@ def _forward(model, cube, group, batch_size, device, precision):
             chunk = (x.to(device, non_blocking=True) for x in slice_inputs(inputs, lo, lo + batch_size))
             parts.append(model(*chunk).float().cpu())
     vectors = torch.cat(parts).numpy()
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     if model.unit_norm:
-        vectors /= np.maximum(norms, 1e-12)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     else:  # inner-product embeddings stay in the unit ball, whatever float error the device made
-        vectors /= np.maximum(norms, 1.0)
+        # (all but a candidate prior's coordinate, which is a score, not a direction)
+        body = vectors[:, :-1] if getattr(model, "query_prior", False) else vectors
+        body /= np.maximum(np.linalg.norm(body, axis=1, keepdims=True), 1.0)
     start = 0
     for pos, cols in group:
         yield pos, cols, vectors[start : start + len(cols)]

@@ -94,10 +94,13 @@ class _Entry:
     asset's precomputed top neighbors (ids, scores), rows in index order: the stored table of the
     date, or for the newest date one computed at open when it asks for more columns."""
 
-    __slots__ = ("pos", "kind", "index", "present", "row", "xb", "nbytes", "table", "stored")
+    __slots__ = ("pos", "kind", "index", "present", "row", "xb", "nbytes", "table", "stored", "query_prior")
 
-    def __init__(self, pos: int, kind: str, index, n_assets: int, dim: int, nbytes: int):
+    def __init__(
+        self, pos: int, kind: str, index, n_assets: int, dim: int, nbytes: int, query_prior: bool = False
+    ):
         self.pos, self.kind, self.index, self.nbytes = pos, kind, index, nbytes
+        self.query_prior = query_prior
         ids = faiss.vector_to_array(index.id_map)
         self.row = np.full(n_assets, -1, dtype=np.int64)
         self.row[ids] = np.arange(len(ids))
@@ -115,6 +118,11 @@ class _Entry:
             r = self.row[aid]
             return self.xb[r : r + 1]
         return self.index.reconstruct(aid).reshape(1, -1)
+
+    def query(self, aid: int) -> np.ndarray:
+        """The asset's vector as a query (index.ann.as_queries), shaped (1, d)."""
+        vector = self.vector(aid)
+        return ann.as_queries(vector, True) if self.query_prior else vector
 
 
 class _Filter:
@@ -311,7 +319,7 @@ class IndexReader:
         stored = self._version.files.get(f"faiss/{date}.faiss")  # an approximate index: graph or lists too
         vector_bytes = stored["bytes"] if stored else 4 * index.ntotal * self.dim
         nbytes = vector_bytes + 48 * index.ntotal + 9 * len(self._tickers)
-        entry = _Entry(pos, kind, index, len(self._tickers), self.dim, nbytes)
+        entry = _Entry(pos, kind, index, len(self._tickers), self.dim, nbytes, self._version.query_prior)
         table = self._version.read_neighbors(date)
         if table is not None:
             entry.table = (table["id"], table["score"])
@@ -425,7 +433,7 @@ class IndexReader:
                 entry, None, table[0][row, :k], table[1][row, :k], aid, k, min_score, None
             )
         else:
-            query = entry.vector(aid)
+            query = entry.query(aid)
             params = ann.search_params(entry.kind, entry.index, None if flt is None else flt.selector)
             scores, labels = entry.index.search(query, k + 1, params=params)
             neighbors = self._neighbors(entry, query, labels[0], scores[0], aid, k, min_score, flt)
@@ -487,7 +495,7 @@ class IndexReader:
             return []
         rows = entry.row[candidates]
         base = entry.xb[rows] if entry.xb is not None else entry.stored[1][rows]
-        scores = base @ entry.vector(aid)[0]
+        scores = base @ entry.query(aid)[0]
         top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]
         tickers = self._tickers
@@ -529,7 +537,8 @@ class IndexReader:
         entry = self._entry(pos)
         ids = faiss.vector_to_array(entry.index.id_map)
         x = entry.xb if entry.xb is not None else np.vstack([entry.index.reconstruct(int(a)) for a in ids])
-        scores, labels = entry.index.search(x, k + 1, params=ann.search_params(entry.kind, entry.index))
+        queries = ann.as_queries(x, entry.query_prior)
+        scores, labels = entry.index.search(queries, k + 1, params=ann.search_params(entry.kind, entry.index))
         labels, scores = ann.drop_self(labels, scores, ids, k)
         return ids, labels, scores
 

@@ -68,9 +68,13 @@ def export_vectors(
 
 
 def score_kind(version: IndexVersion) -> str:
-    """How a version's vectors are compared: "cosine" (unit vectors) or "inner_product" (an encoder with
-    a history path, whose vectors lie in the unit ball: re-normalising them changes the ranking)."""
-    return "cosine" if version.manifest["model"].get("unit_norm", True) else "inner_product"
+    """How a version's vectors are compared: "cosine" (unit vectors), "inner_product" (an encoder with
+    a history path, whose vectors lie in the unit ball: re-normalising them changes the ranking), or
+    "inner_product_prior" (the same, with the last coordinate a candidate prior that a query reads as
+    1: the score of j for i is v_i[:-1] . v_j[:-1] + v_j[-1])."""
+    if version.manifest["model"].get("unit_norm", True):
+        return "cosine"
+    return "inner_product_prior" if version.query_prior else "inner_product"
 
 
 def _parquet(version: IndexVersion, dates: list[str], tickers: np.ndarray, tmp: Path) -> int:

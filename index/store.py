@@ -386,6 +386,12 @@ class IndexVersion:
     def model_version(self) -> str:
         return self.manifest["model"]["version"]
 
+    @property
+    def query_prior(self) -> bool:
+        """Whether the vectors' last coordinate is a candidate prior, read as 1 by queries
+        (index.ann.as_queries); versions from models without one say nothing and are False."""
+        return bool(self.manifest["model"].get("query_prior", False))
+
     def assets(self) -> pd.DataFrame:
         """The ticker table: asset id = row position; ticker, name, sector, industry, exchange, coverage."""
         return pd.DataFrame(self.manifest["tickers"])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.history import BOUND, HISTORY, SHRINK
+from model.history import BOUND, HISTORY, RECENT, SHRINK
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,13 @@ class EncoderConfig:
     history_rank: int = 8  # rank of the learned low-rank correction of the history path
     history_bound: float = BOUND  # initial winsorising bound (learned)
     history_shrink: float = SHRINK  # initial weight of the single-index model (learned)
+    # Days of the recent block: the correlation of the last `recent` days, z-scored over those days
+    # alone, added into the history embedding with a learned gain that starts at zero (0: none).
+    recent: int = 0
+    # A candidate prior: one more coordinate holding a learned per-asset score p_j (starting at zero),
+    # added to every query's score of that candidate. Queries read the coordinate as 1, so the score
+    # of candidate j for query i is e_i . e_j + p_j (see PatchTransformer.query_prior).
+    prior: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,8 +49,12 @@ CONFIGS: dict[str, EncoderConfig] = {
     "paper": EncoderConfig(width=384, depth=8, heads=8),
     # Minutes of CPU training underfit rather than overfit, so "small" drops dropout.
     # It also reads two years of returns through the history path, see HistoryPath.
-    "small": EncoderConfig(width=128, depth=4, heads=4, dropout=0.0, history=HISTORY),
-    "tiny": EncoderConfig(width=32, depth=1, heads=2, dropout=0.0, history=32),  # tests only
+    "small": EncoderConfig(
+        width=128, depth=4, heads=4, dropout=0.0, history=HISTORY, recent=RECENT, prior=True
+    ),
+    "tiny": EncoderConfig(
+        width=32, depth=1, heads=2, dropout=0.0, history=32, recent=8, prior=True
+    ),  # tests only
 }
 
 
@@ -52,7 +63,12 @@ def encoder_config(name: str, **overrides) -> EncoderConfig:
         base = CONFIGS[name]
     except KeyError:
         raise ValueError(f"unknown encoder config {name!r}; choose one of {', '.join(CONFIGS)}") from None
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    return without_history_parts(replace(base, **{k: v for k, v in overrides.items() if v is not None}))
+
+
+def without_history_parts(config: EncoderConfig) -> EncoderConfig:
+    """Without a history path (history 0, the paper's architecture) there is no recent block or prior."""
+    return config if config.history else replace(config, recent=0, prior=False)
 
 
 class Block(nn.Module):
@@ -86,6 +102,7 @@ class Block(nn.Module):
 class PatchTransformer(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
+        config = without_history_parts(config)
         if config.window % config.patch:
             raise ValueError(f"window {config.window} is not a multiple of patch {config.patch}")
         if config.pooling not in ("mean", "cls"):
@@ -110,8 +127,14 @@ class PatchTransformer(nn.Module):
             # projection, has a useful gradient from step 0: (dL/de) t^T.
             self.join = nn.Linear(config.width, config.history, bias=False)
             nn.init.zeros_(self.join.weight)
+            # The Transformer's part of the candidate prior (what the OHLCVA window says about how
+            # well an asset serves as a peer: liquidity, volatility), also starting at zero.
+            self.prior_join = nn.Linear(config.width, 1, bias=False) if config.prior else None
+            if self.prior_join is not None:
+                nn.init.zeros_(self.prior_join.weight)
         else:
             self.history = None
+            self.prior_join = None
         self.head = (
             nn.Sequential(
                 nn.Linear(config.width, config.width), nn.GELU(), nn.Linear(config.width, config.width)
@@ -122,7 +145,14 @@ class PatchTransformer(nn.Module):
 
     @property
     def dim(self) -> int:
-        return self.config.history or self.config.width
+        return (self.config.history + int(self.config.prior)) if self.config.history else self.config.width
+
+    @property
+    def query_prior(self) -> bool:
+        """True: the last coordinate of an embedding is the asset's candidate prior p. As a candidate
+        the embedding is stored as it is; as a query it is read with that coordinate set to 1
+        (`as_queries`), so the score of j for i is e_i . e_j + p_j, an inner product FAISS serves."""
+        return self.prior_join is not None
 
     @property
     def unit_norm(self) -> bool:
@@ -136,7 +166,7 @@ class PatchTransformer(nn.Module):
         """x: (batch, channels, window) -> (batch, dim) embeddings; with the history path also
         history (batch, config.history) return z-scores and market (config.history,) or (batch, ...)
         the cross-section's market direction (model.features.FeatureCube.model_inputs)."""
-        if self.history is not None and not torch.is_grad_enabled() and not self.join.weight.any():
+        if self.history is not None and not torch.is_grad_enabled() and not self._transformer_counts():
             # The join is still zero (training kept the classical start, or has not begun): the
             # Transformer's output cannot reach the embedding, so inference skips it, exactly (its
             # inputs are finite). Training always runs it: the join's gradient needs its output.
@@ -153,6 +183,12 @@ class PatchTransformer(nn.Module):
             return embedding
         return self._history_embedding(history, market, embedding)
 
+    def _transformer_counts(self) -> bool:
+        """Whether the Transformer's output reaches the embedding: its join or prior join is nonzero."""
+        return bool(self.join.weight.any()) or (
+            self.prior_join is not None and bool(self.prior_join.weight.any())
+        )
+
     def _history_embedding(self, history, market, embedding: torch.Tensor | None) -> torch.Tensor:
         """The history path's embedding, joined by the Transformer's `embedding` (None: a zero join)."""
         if history is None or market is None:
@@ -160,11 +196,17 @@ class PatchTransformer(nn.Module):
         # The history path stays in float32 under bf16 autocast: at step 0 it must reproduce the
         # classical retriever's ranking, which bfloat16's 8 bits of mantissa would not.
         with torch.autocast(device_type=history.device.type, enabled=False):
-            e = self.history(history.float(), market.float())
+            e, beta = self.history(history.float(), market.float())
             if embedding is not None:
-                e = e + self.join(embedding)
-        # Scores are inner products; keeping vectors in the unit ball keeps them in [-1, 1].
-        return e / e.norm(dim=-1, keepdim=True).clamp_min(1.0)
+                e = e + self.join(embedding.float())
+            # Scores are inner products; keeping vectors in the unit ball keeps them in [-1, 1].
+            e = e / e.norm(dim=-1, keepdim=True).clamp_min(1.0)
+            if self.prior_join is None:
+                return e
+            prior = self.history.prior_weight * beta
+            if embedding is not None:
+                prior = prior + self.prior_join(embedding.float())
+            return torch.cat([e, prior], dim=-1)
 
 
 class HistoryPath(nn.Module):
@@ -175,7 +217,13 @@ class HistoryPath(nn.Module):
     the winsorised Pearson correlations over the history), then shrunk towards the single-index model
     without renormalising. What can be learned, each starting at the identity of that estimator: the
     clip bound, a weight per day (recent days may matter more), the two shrinkage coefficients, and a
-    low-rank correction (a dense L x L map would have 250k parameters to fit from minutes of data)."""
+    low-rank correction (a dense L x L map would have 250k parameters to fit from minutes of data).
+
+    Two more learned parts start at zero, so that step 0 is still that estimator. The recent block
+    adds `recent_gain` times the unit rows of the last `recent` days, z-scored over those days alone,
+    into the embedding's last `recent` coordinates: the inner products gain a short-horizon
+    correlation term. `prior_weight` times the asset's correlation with the market (beta, its
+    history row's projection on the market direction) is its candidate prior (PatchTransformer)."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -189,15 +237,42 @@ class HistoryPath(nn.Module):
         self.market_gain = nn.Parameter(torch.tensor(1.0 - keep))
         self.down = nn.Parameter(torch.randn(length, rank) / math.sqrt(length))
         self.up = nn.Parameter(torch.zeros(rank, length))
+        if not 0 <= config.recent <= length:
+            raise ValueError(f"recent must be between 0 and history ({length}) days, not {config.recent}")
+        self.recent = config.recent
+        self.recent_bound = float(config.history_bound)
+        self.recent_gain = nn.Parameter(torch.zeros(())) if config.recent else None
+        self.prior_weight = nn.Parameter(torch.zeros(1)) if config.prior else None
 
-    def forward(self, z: torch.Tensor, market: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, market: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding (B, L), beta (B, 1)) of history z-scores z (B, L) and the market direction."""
         clipped = torch.minimum(torch.maximum(z, -self.bound), self.bound)
         centred = clipped - clipped.mean(dim=-1, keepdim=True)
         rows = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         market = market.expand_as(rows)
         beta = (rows * market).sum(dim=-1, keepdim=True)
         weighted = rows * self.log_day_weight.exp()
-        return self.keep * weighted + self.market_gain * beta * market + (rows @ self.down) @ self.up
+        e = self.keep * weighted + self.market_gain * beta * market + (rows @ self.down) @ self.up
+        if self.recent_gain is not None:
+            recent = recent_rows(z[:, -self.recent :], self.recent_bound)
+            e = torch.cat([e[:, : -self.recent], e[:, -self.recent :] + self.recent_gain * recent], dim=-1)
+        return e, beta
+
+
+def recent_rows(z: torch.Tensor, bound: float) -> torch.Tensor:
+    """Unit rows of the last days of history z-scores, z-scored again over those days alone and
+    clipped at +-bound: their inner products are the winsorised Pearson correlations over those days,
+    winsorized_rows(history_zscores(returns, t, assets, days)). A z-score of exactly 0 is a gap
+    (history_zscores fills gaps with 0); z-scoring is affine, so re-scoring the long-history z-scores
+    equals scoring those days' returns."""
+    present = z != 0
+    count = present.sum(dim=-1, keepdim=True).clamp_min(1)
+    mean = z.sum(dim=-1, keepdim=True) / count
+    dev = torch.where(present, z - mean, torch.zeros_like(z))
+    std = (dev.square().sum(dim=-1, keepdim=True) / count).sqrt()
+    scored = torch.where(std > 1e-12, dev / std.clamp_min(1e-12), torch.zeros_like(z)).clamp(-bound, bound)
+    centred = scored - scored.mean(dim=-1, keepdim=True)
+    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def count_parameters(model: nn.Module) -> int:

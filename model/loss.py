@@ -19,11 +19,20 @@ def _off_diagonal_log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.masked_fill(eye, float("-inf")), dim=1), eye
 
 
-def similarity(z: torch.Tensor, unit_norm: bool = True) -> torch.Tensor:
-    """Cosine similarity of the rows of z, or their inner product for embeddings that are not unit
-    vectors by design (the history path's shrunk correlations, model/encoder.py)."""
+def as_queries(z: torch.Tensor, query_prior: bool) -> torch.Tensor:
+    """Embeddings as queries: with a candidate prior its coordinate, the last, reads 1
+    (model/encoder.py, PatchTransformer.query_prior)."""
+    if not query_prior:
+        return z
+    return torch.cat([z[:, :-1], torch.ones_like(z[:, -1:])], dim=-1)
+
+
+def similarity(z: torch.Tensor, unit_norm: bool = True, query_prior: bool = False) -> torch.Tensor:
+    """s_ij, the score of j as a peer of i: the cosine of rows of z, or their inner product for
+    embeddings that are not unit vectors by design (the history path's shrunk correlations,
+    model/encoder.py), with query i read by `as_queries` when the last coordinate is a candidate prior."""
     z = F.normalize(z.float(), dim=-1) if unit_norm else z.float()
-    return z @ z.T
+    return as_queries(z, query_prior) @ z.T
 
 
 def _log_predictions(z, tau, unit_norm: bool, similarity_given: bool):

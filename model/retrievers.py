@@ -36,6 +36,7 @@ from model.history import (
     shrink_to_market,
     winsorized_rows,
 )
+from model.loss import as_queries
 from model.targets import HORIZON, future_returns, pearson_matrix
 
 PCA_LOOKBACK = 252  # trailing daily returns for the PCA baseline
@@ -409,8 +410,11 @@ class FasclRetriever:
 
     def scores(self, ctx, t, assets):
         z = self.embed(ctx, t, assets)
-        # An encoder with a history path ranks by inner product (model/encoder.py, unit_norm).
-        return cosine_scores(z) if self.model.unit_norm else (z @ z.T).double().numpy()
+        # An encoder with a history path ranks by inner product (model/encoder.py, unit_norm), its
+        # queries reading a candidate prior as 1 (query_prior).
+        if self.model.unit_norm:
+            return cosine_scores(z)
+        return (as_queries(z, self.model.query_prior).double() @ z.double().T).numpy()
 
 
 def _named(cls, name: str, **fixed):

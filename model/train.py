@@ -59,6 +59,13 @@ class TrainConfig:
     warmup_epochs: int = 10
     weight_decay: float = 0.05  # Transformer weight matrices only: gates, scales and norms are not decayed
     history_lr_scale: float = 1.0  # LR multiplier of the history path (0 keeps the classical start fixed)
+    # LR multiplier of the recent block's gain and the candidate prior's weight: two scalars whose
+    # useful values (tenths) are far from zero in steps of the base LR.
+    prior_lr_scale: float = 1.0
+    # Train on the last `train_days` trading days of the training split only (None: all of it). How
+    # assets serve as peers drifts with the market's regime; the most recent year is nearest to the
+    # dates the model will be asked about.
+    train_days: int | None = None
     # Candidates for the history path's start, chosen on validation FRC@1 (choose_start); empty: the
     # encoder configuration's own history length and shrinkage.
     history_choices: tuple[int, ...] = ()
@@ -104,9 +111,12 @@ PRESETS: dict[str, dict] = {
         # FRC@1 (bound, shrinkage, history length, recency weights all measured); the loss pulls it
         # away from there, so it moves at a tenth of the Transformer's rate.
         "history_lr_scale": 0.1,
+        "prior_lr_scale": 10.0,
         "history_choices": (64, 126, 252, 504),
         "shrink_choices": (0.0, 0.2),
-        "tau": None,
+        "loss": "expected",
+        "tau": 0.01,
+        "train_days": 252,
         "valid_every": 2,
         "max_minutes": 15.0,
         "patience": 8,
@@ -239,6 +249,7 @@ class Validator:
     def frc_at_1(self, model: torch.nn.Module, device: torch.device, bf16: bool = False) -> float:
         model.eval()
         unit_norm = getattr(model, "unit_norm", True)
+        query_prior = getattr(model, "query_prior", False)
         scores = []
         for t, assets, corr in self.queries:
             inputs = self.cube.model_inputs(t, assets)
@@ -249,7 +260,7 @@ class Validator:
                         for lo in range(0, len(assets), 1024)
                     ]
                 )
-            scores.append(frc_at_k(similarity(z, unit_norm).cpu().numpy(), corr, 1))
+            scores.append(frc_at_k(similarity(z, unit_norm, query_prior).cpu().numpy(), corr, 1))
         model.train()
         return float(np.mean(np.concatenate(scores)))
 
@@ -269,7 +280,12 @@ def choose_start(
     for length in config.history_choices:
         view = probe.cube.with_history(length)
         for shrink in config.shrink_choices:
-            candidate = replace(enc, history=int(length), history_shrink=float(shrink))
+            candidate = replace(
+                enc,
+                history=int(length),
+                history_shrink=float(shrink),
+                recent=enc.recent if enc.recent < length else 0,  # a block as long as the history adds nothing
+            )
             score = probe.score(lambda t, a, v=view, c=candidate: classical_scores(v, t, a, c))
             scores[classical_start(candidate)] = score
             if best is None or score > best[0]:
@@ -278,23 +294,27 @@ def choose_start(
 
 
 def parameter_groups(
-    model: torch.nn.Module, weight_decay: float, history_lr_scale: float = 1.0
+    model: torch.nn.Module, weight_decay: float, history_lr_scale: float = 1.0, prior_lr_scale: float = 1.0
 ) -> list[dict]:
     """AdamW groups: weight decay on the Transformer's weight matrices only. The join (the gate of the
     Transformer, which starts at zero), scales, norms, biases and the history path are not decayed:
     decay would pull them away from the starting point whatever the loss says. The history path has
-    its own LR multiplier `lr_scale`."""
-    decay, rest, history = [], [], []
+    its own LR multiplier `lr_scale`, the recent block's gain and the candidate prior's weight theirs."""
+    decay, rest, history, prior = [], [], [], []
     for name, p in model.named_parameters():
-        if name.startswith("history."):
+        if name in ("history.recent_gain", "history.prior_weight"):
+            prior.append(p)
+        elif name.startswith("history."):
             history.append(p)
-        elif p.ndim >= 2 and not name.startswith("join."):
+        elif p.ndim >= 2 and not name.startswith(("join.", "prior_join.")):
             decay.append(p)
         else:
             rest.append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
     if history:
         groups.append({"params": history, "weight_decay": 0.0, "lr_scale": history_lr_scale})
+    if prior:
+        groups.append({"params": prior, "weight_decay": 0.0, "lr_scale": prior_lr_scale})
     return groups
 
 
@@ -314,6 +334,7 @@ def calibrate_tau(
     targets) on a few training dates."""
     model.eval()
     unit_norm = getattr(model, "unit_norm", True)
+    query_prior = getattr(model, "query_prior", False)
     batches = []
     for t in rng.choice(dates, min(8, len(dates)), replace=False):
         assets = np.flatnonzero(pool[t])
@@ -324,7 +345,7 @@ def calibrate_tau(
     model.train()
     grid = np.geomspace(0.002, 0.5, 49)
     # The similarities and targets are computed once per batch; only the temperature varies.
-    sims = [(similarity(z, unit_norm), c) for z, c in batches]
+    sims = [(similarity(z, unit_norm, query_prior), c) for z, c in batches]
     losses = [
         np.mean(
             [
@@ -372,7 +393,10 @@ def train(
     cube = build_cube(panel, config.channels, history=longest)
     pool = cube.eligible & future_complete(cube.close, HORIZON)
     positions = splits.positions(panel.dates)
-    train_dates = np.array([t for t in positions["train"] if pool[t].sum() >= 2])
+    train_positions = positions["train"]
+    if config.train_days:
+        train_positions = train_positions[-config.train_days :]
+    train_dates = np.array([t for t in train_positions if pool[t].sum() >= 2])
     if len(train_dates) == 0:
         raise ValueError(f"no training dates with two or more eligible assets before {splits.valid_start}")
     # Every rank computes the same choice of start (it reads only the data); rank 0 also validates.
@@ -385,11 +409,11 @@ def train(
         validator.start_from(cube, enc_config, start_choices)
 
     model = PatchTransformer(enc_config).to(device)
-    unit_norm = model.unit_norm
+    unit_norm, query_prior = model.unit_norm, model.query_prior
     use_bf16 = device.type == "cuda" if config.bf16 is None else config.bf16
     learn_tau = config.tau is None
     log_tau = torch.nn.Parameter(torch.tensor(math.log(config.tau or TAU), device=device))
-    groups = parameter_groups(model, config.weight_decay, config.history_lr_scale)
+    groups = parameter_groups(model, config.weight_decay, config.history_lr_scale, config.prior_lr_scale)
     if learn_tau:
         groups.append({"params": [log_tau], "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), foreach=True)
@@ -549,7 +573,10 @@ def train(
                 lo, loss = 0, 0.0
                 for target in targets:
                     zs = z[lo : lo + len(target)]
-                    loss = loss + loss_fn(zs, target, tau, config.tau_target, unit_norm) / len(targets)
+                    scores = similarity(zs, unit_norm, query_prior)
+                    loss = loss + loss_fn(scores, target, tau, config.tau_target, similarity_given=True) / len(
+                        targets
+                    )
                     lo += len(target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -592,6 +619,10 @@ def train(
                 }
                 if enc_config.history:  # how far the Transformer's gate has opened
                     record["join_norm"] = float(model.join.weight.norm().item())
+                    for name in ("recent_gain", "prior_weight"):  # the two scalars that start at zero
+                        value = getattr(model.history, name)
+                        if value is not None:
+                            record[name] = float(value.detach().sum().item())
                 history.append(record)
                 log.write(json.dumps(record) + "\n")
                 log.flush()

@@ -34,7 +34,7 @@ def train(
     ] = None,
     tau: Annotated[
         float | None,
-        typer.Option(help="Fixed prediction temperature (default: the preset's; small learns it)"),
+        typer.Option(help="Fixed prediction temperature (default: the preset's)"),
     ] = None,
     bf16: Annotated[bool | None, typer.Option(help="bfloat16 autocast (default: on CUDA only)")] = None,
     dates_per_step: Annotated[int | None, typer.Option(help="Dates per optimisation step")] = None,
@@ -43,11 +43,22 @@ def train(
         float | None, typer.Option(help="LR multiplier of the history path (0: keep the classical start)")
     ] = None,
     loss: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="soft (FASCL) | hard (InfoNCE) | observed (historical targets) | expected (smooth FRC@1)"
+            help="soft (FASCL) | hard (InfoNCE) | observed (historical targets) | expected (smooth FRC@1); "
+            "default: the preset's (small: expected, paper: soft)"
         ),
-    ] = "soft",
+    ] = None,
+    recent: Annotated[
+        int | None, typer.Option(help="Days of the history path's recent block (0: none)")
+    ] = None,
+    prior: Annotated[
+        bool | None, typer.Option(help="The candidate prior coordinate (default: the preset's)")
+    ] = None,
+    train_days: Annotated[
+        int | None,
+        typer.Option(min=1, help="Train on the last N trading days of the training split (default: the preset's)"),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Assets per step (one date's cross-section)")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     steps_per_epoch: Annotated[int | None, typer.Option()] = None,
@@ -90,6 +101,8 @@ def train(
         "pooling": pooling,
         "projection_head": projection_head,
         "history": history,
+        "recent": recent,
+        "prior": prior,
     }
     try:
         cfg = preset_config(
@@ -104,6 +117,7 @@ def train(
             # An explicit --history is the start's length; otherwise the preset chooses on validation.
             history_choices=() if history is not None else None,
             loss=loss,
+            train_days=train_days,
             batch_size=batch_size,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,

@@ -35,8 +35,16 @@ def sample(tmp_path_factory) -> Sample:
         seed=0,
         gaps=(Gap(GAP_ASSET, "2012-02-01", days=2), Gap(GONE_ASSET, 400)),
         train_on_gaps=False,
+        # the candidate prior moves fast, so that queries that read it as 1 rank otherwise than the
+        # stored vectors' plain inner products would
         training=TrainConfig(
-            encoder="tiny", batch_size=32, epochs=1, steps_per_epoch=3, warmup_epochs=0, threads=1
+            encoder="tiny",
+            batch_size=32,
+            epochs=1,
+            steps_per_epoch=3,
+            warmup_epochs=0,
+            threads=1,
+            prior_lr_scale=100.0,
         ),
         model_name="synthetic-tiny",
         index_starts=(),
@@ -51,7 +59,8 @@ def panel(sample) -> Panel:
 
 @pytest.fixture(scope="session")
 def checkpoint(sample):
-    return sample.checkpoint
+    """The model after its steps (last.pt), whose prior has moved; best.pt may be its step-0 start."""
+    return sample.checkpoint.with_name("last.pt")
 
 
 def build(checkpoint, panel, root, *, start=SHORT[0], end=SHORT[1], keep=5, **kwargs):

@@ -54,7 +54,7 @@ def torchrun(tmp_path, sample, root: Path, out: Path, fail_after: int = 0) -> su
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "CUDA_VISIBLE_DEVICES": "",  # gloo on CPU even where a GPU is present
     }
-    args = [sample.checkpoint, sample.panel_path, root, out, *SHORT, fail_after]
+    args = [sample.checkpoint.with_name("last.pt"), sample.panel_path, root, out, *SHORT, fail_after]
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script),
          *map(str, args)],

@@ -19,10 +19,13 @@ from tests.index.conftest import GAP_ASSET, GONE_ASSET, build
 
 
 def brute_force(reader, ticker, date=None, k=10, allowed=None):
-    """(ids, scores) of the exact top k by inner product, the query asset excluded."""
+    """(ids, scores) of the exact top k by inner product, the query asset excluded; the model's last
+    coordinate is its candidate prior, which the query reads as 1 (score e_i . e_j + p_j)."""
+    assert reader.manifest["model"]["query_prior"]
     _, ids, vectors = reader.vectors(date)
     aid = reader.tickers.index(ticker)
-    query = np.asarray(vectors[np.flatnonzero(ids == aid)[0]], dtype=np.float64)
+    query = np.array(vectors[np.flatnonzero(ids == aid)[0]], dtype=np.float64)
+    query[-1] = 1.0
     scores = np.asarray(vectors, dtype=np.float64) @ query
     keep = ids != aid
     if allowed is not None:
@@ -265,6 +268,21 @@ def test_a_file_damaged_after_it_was_served_is_refused_when_next_loaded(built, t
     assert one.similar(ticker, second, k=3).neighbors
     assert one.similar(ticker).neighbors
     assert before.neighbors  # it was answered before the damage
+
+
+def test_the_prior_changes_the_ranking_the_reader_serves(reader):
+    """The fixture's model has learned a candidate prior: ranking by the stored vectors' plain inner
+    products would answer otherwise, so the brute force above checks that queries read it as 1."""
+    _, ids, vectors = reader.vectors()
+    prior = np.asarray(vectors[:, -1], dtype=np.float64)
+    assert np.ptp(prior) > 1e-3
+    plain = np.asarray(vectors, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
+    queries = np.array(vectors, dtype=np.float64)
+    queries[:, -1] = 1.0
+    served = queries @ np.asarray(vectors, dtype=np.float64).T
+    np.fill_diagonal(plain, -np.inf)
+    np.fill_diagonal(served, -np.inf)
+    assert (plain.argmax(axis=1) != served.argmax(axis=1)).any()
 
 
 def test_all_pairs(reader):

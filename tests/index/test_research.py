@@ -26,7 +26,7 @@ def test_npz_matches_index(reader, tmp_path):
     assert out.rows == len(want) and out.dates == 4 and out.format == "npz"
     with np.load(out.path) as data:
         assert set(data.files) == {"row_date", "tickers", "vectors", "score"}
-        assert str(data["score"]) == "inner_product"  # the tiny model has a history path
+        assert str(data["score"]) == "inner_product_prior"  # the tiny model has a history path and a prior
         assert data["vectors"].dtype == np.float32 and data["vectors"].shape == (len(want), reader.dim)
         assert data["row_date"].tolist() == [r[0] for r in want]
         assert data["tickers"].tolist() == [r[1] for r in want]
@@ -44,7 +44,7 @@ def test_parquet_matches_index(reader, tmp_path):
     want = expected_rows(reader, dates)
     frame = pd.read_parquet(out.path)
     metadata = pq.read_schema(out.path).metadata
-    assert metadata[b"fascl.score"] == b"inner_product"
+    assert metadata[b"fascl.score"] == b"inner_product_prior"
     assert metadata[b"fascl.version"] == reader.index_version.version.encode()
     assert list(frame.columns) == ["date", "ticker", "vector"] and len(frame) == out.rows == len(want)
     assert [d.isoformat() for d in frame["date"]] == [r[0] for r in want]

@@ -66,7 +66,7 @@ def test_the_index_built_at_load_answers_from_the_stored_vectors(built, reader):
     np.testing.assert_array_equal(index.reconstruct(int(ids[3])), vectors[3])
     query = reader.tickers[int(ids[0])]
     got = reader.similar(query, date, k=30)  # wider than the table: a search of the built index
-    scores, rows = ann.exact_topk(vectors, vectors[:1], 31)
+    scores, rows = ann.exact_topk(vectors, ann.as_queries(vectors[:1], reader.index_version.query_prior), 31)
     expected = [reader.tickers[int(ids[r])] for r in rows[0] if ids[r] != ids[0]][:30]
     assert [n.ticker for n in got.neighbors] == expected
 

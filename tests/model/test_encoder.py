@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder import CONFIGS, EncoderConfig, PatchTransformer, count_parameters, encoder_config
-from model.history import market_direction, shrink_to_market, winsorized_rows
+from model.encoder import (
+    CONFIGS,
+    EncoderConfig,
+    PatchTransformer,
+    count_parameters,
+    encoder_config,
+    recent_rows,
+)
+from model.history import daily_returns, history_zscores, market_direction, shrink_to_market, winsorized_rows
+from model.loss import as_queries, similarity
 
 
 def _x(batch: int, channels: int = 6, window: int = 64, seed: int = 0) -> torch.Tensor:
@@ -162,20 +170,25 @@ def _history_inputs(batch: int, length: int, seed: int = 0):
     return z, torch.from_numpy(market_direction(rows)).float()
 
 
-def test_history_path_at_start_scores_exactly_the_shrunk_correlation_retriever():
-    model = _model("tiny", history=48, seed=3)
-    assert not model.unit_norm and model.dim == 48
+@pytest.mark.parametrize("prior", [True, False])
+def test_history_path_at_start_scores_exactly_the_shrunk_correlation_retriever(prior):
+    model = _model("tiny", history=48, seed=3, prior=prior)
+    assert not model.unit_norm and model.dim == 48 + prior and model.query_prior == prior
     z, market = _history_inputs(20, 48)
     with torch.no_grad():
         e = model(_x(20), z, market)
+    scores = similarity(e, unit_norm=False, query_prior=prior).numpy()
     rows = winsorized_rows(z.double().numpy(), 2.5)
     classical = shrink_to_market(rows, market.double().numpy(), 0.2)
-    np.testing.assert_allclose((e @ e.T).numpy(), classical @ classical.T, atol=1e-6)
+    np.testing.assert_allclose(scores, classical @ classical.T, atol=1e-6)
     # the same ranking for every query, not just close scores
     np.testing.assert_array_equal(
-        np.argsort(-(e @ e.T).numpy(), axis=1)[:, :5], np.argsort(-(classical @ classical.T), axis=1)[:, :5]
+        np.argsort(-scores, axis=1)[:, :5], np.argsort(-(classical @ classical.T), axis=1)[:, :5]
     )
-    assert (e.norm(dim=1) <= 1 + 1e-6).all()
+    body = e[:, :-1] if prior else e
+    assert (body.norm(dim=1) <= 1 + 1e-6).all()
+    if prior:  # the recent block's gain and the prior start at zero
+        assert (e[:, -1] == 0).all()
     # market given per row (as the feature cube gives it for batches of several dates) is the same
     with torch.no_grad():
         torch.testing.assert_close(model(_x(20), z, market.expand(20, -1)), e)
@@ -196,17 +209,21 @@ def test_gate_at_zero_means_the_transformer_changes_nothing_until_it_opens():
     e = model(_x(8), z, market)
     e2 = model(_x(8, seed=9), z, market)  # other windows, same history
     torch.testing.assert_close(e, e2)
-    (e @ e.T).triu(1).sum().backward()
-    assert model.join.weight.grad.abs().sum() > 0  # the zero gate learns from step 0
+    similarity(e, False, True).triu(1).sum().backward()
+    # the zero gates learn from step 0: the join, the prior's join, the recent gain, the prior weight
+    assert model.join.weight.grad.abs().sum() > 0
+    assert model.prior_join.weight.grad.abs().sum() > 0
+    assert model.history.recent_gain.grad.abs() > 0 and model.history.prior_weight.grad.abs() > 0
     assert model.history.log_day_weight.grad.abs().sum() > 0
     assert model.patch_embed.weight.grad.abs().sum() == 0  # the Transformer waits for the gate
     model.zero_grad()
     with torch.no_grad():
         model.join.weight.normal_(0, 0.01)
+        model.prior_join.weight.normal_(0, 0.01)
         model.history.up.fill_(0.01)  # like LoRA, `down` learns once `up` has left 0
     e = model(_x(8), z, market)
     assert not torch.allclose(e, model(_x(8, seed=9), z, market))
-    (e @ e.T).triu(1).sum().backward()
+    similarity(e, False, True).triu(1).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
@@ -227,8 +244,38 @@ def test_inference_with_a_zero_join_skips_the_transformer_exactly(monkeypatch):
     with torch.no_grad():
         model.join.weight[0, 0] = 1e-3  # one weight off zero: the Transformer counts again
         model(_x(16), z, market)
-    assert calls == [1]
+        model.join.weight.zero_()
+        model.prior_join.weight[0, 0] = 1e-3  # and through the candidate prior as well
+        model(_x(16), z, market)
+    assert calls == [1, 1]
 
+
+def test_recent_rows_are_the_winsorised_rows_of_the_last_days_alone():
+    """The recent block re-scores the long-history z-scores of its last days: the same rows as
+    z-scoring those days' returns directly, gaps (missing closes) included."""
+    rng = np.random.default_rng(4)
+    close = 50 * np.exp(np.cumsum(rng.standard_t(3, size=(120, 6)) * 0.02, axis=0))
+    close[[30, 95, 96, 110], [1, 2, 2, 4]] = np.nan
+    close[:40, 5] = np.nan  # an asset younger than the history
+    returns, t, assets = daily_returns(close), 119, np.arange(6)
+    z = torch.from_numpy(history_zscores(returns, t, assets, 100))
+    got = recent_rows(z[:, -30:], 2.5).numpy()
+    np.testing.assert_allclose(got, winsorized_rows(history_zscores(returns, t, assets, 30), 2.5), atol=1e-12)
+
+
+def test_the_prior_is_an_additive_score_of_the_candidate():
+    """With the prior's coordinate p, the score of j for i is e_i . e_j + p_j, for any query."""
+    model = _model("tiny", history=48, seed=5)
+    z, market = _history_inputs(12, 48)
+    with torch.no_grad():
+        model.history.prior_weight.fill_(0.3)
+        model.history.recent_gain.fill_(0.2)
+        v = model(_x(12), z, market)
+    e, p = v[:, :-1], v[:, -1]
+    assert p.abs().max() > 0
+    torch.testing.assert_close(similarity(v, False, True), e @ e.T + p[None, :])
+    torch.testing.assert_close(as_queries(v, True)[:, -1], torch.ones(12))
+    assert torch.equal(as_queries(v, False), v)
 
 def test_history_path_needs_its_inputs():
     model = _model("tiny", history=48)
