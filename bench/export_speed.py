@@ -35,9 +35,11 @@ VARIANTS = (
 )
 
 
-def top10(vectors: np.ndarray) -> np.ndarray:
-    _, rows = ann.exact_topk(vectors, vectors, 11)
-    return rows[:, 1:]  # without the asset itself (rank 0: its own vector, the largest product)
+def top10(vectors: np.ndarray, query_prior: bool) -> np.ndarray:
+    """Each asset's 10 best peers, as the reader ranks them (queries read a candidate prior as 1)."""
+    _, rows = ann.exact_topk(vectors, ann.as_queries(vectors, query_prior), 11)
+    rows = [row[row != i][:10] for i, row in enumerate(rows)]  # without the asset itself
+    return np.array(rows)
 
 
 def main() -> None:
@@ -82,11 +84,14 @@ def main() -> None:
     for column in ("variant", "vectors/s", "x baseline", *stages, "bytes/vector", "recall@10"):
         table.add_column(column, justify="right")
     dates = versions["baseline"].manifest["dates"]
-    reference = {d: top10(np.asarray(versions["baseline"].read_vectors(d)[1])) for d in dates}
+    reference = {
+        d: top10(np.asarray(versions["baseline"].read_vectors(d)[1]), versions["baseline"].query_prior)
+        for d in dates
+    }
     for label, result in results.items():
         hits = total = 0
         for d in dates:
-            found = top10(np.asarray(versions[label].read_vectors(d)[1]))
+            found = top10(np.asarray(versions[label].read_vectors(d)[1]), versions[label].query_prior)
             hits += sum(len(np.intersect1d(a, b)) for a, b in zip(found, reference[d], strict=True))
             total += reference[d].size
         table.add_row(

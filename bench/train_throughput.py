@@ -64,6 +64,7 @@ from market.synthetic import generate
 from model.checkpoint import load_encoder
 from model.encoder import PatchTransformer, count_parameters, encoder_config
 from model.features import build_cube
+from model.loss import similarity
 from model.metrics import frc_at_k, top_k_peers
 from model.splits import default_splits
 from model.targets import future_complete, future_returns, pearson_matrix
@@ -155,7 +156,10 @@ def bf16_quality(checkpoint: Path, panel, rows: int, seed: int) -> list[tuple[st
         ("embedding (what is ranked)", full32, full16),
         ("Transformer unit vector", inner32, inner16),
     ):
-        s32, s16 = (z32 @ z32.T).double().numpy(), (z16 @ z16.T).double().numpy()
+        # what is ranked reads a candidate prior as 1 on the query side; the Transformer's vector has none
+        prior = model.query_prior and z32.shape[1] == model.dim
+        s32 = similarity(z32.double(), False, prior).numpy()
+        s16 = similarity(z16.double(), False, prior).numpy()
         out.append(
             (
                 name,

@@ -22,7 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 HISTORY = 504  # trading days of returns (two years), chosen on the validation year
-RECENT = 126  # days of the recent block of the small encoder (model/encoder.py), chosen on the validation year
+RECENT = (
+    126  # days of the recent block of the small encoder (model/encoder.py), chosen on the validation year
+)
 BOUND = 2.5  # winsorising bound in standard deviations
 SHRINK = 0.2  # weight of the single-index model in the shrunk correlation
 

@@ -132,11 +132,23 @@ PRESETS["tiny"] = {
 
 
 def preset_config(encoder: str, **overrides) -> TrainConfig:
-    """The preset of `encoder` with the given overrides (None values are ignored)."""
+    """The preset of `encoder` with the given overrides (None values are ignored).
+
+    A preset that starts at a classical estimator and trains with the expected-correlation loss at a
+    fixed temperature, given another loss (soft, hard, observed: a KL or cross-entropy against
+    targets) and no temperature, calibrates the temperature at step 0 and learns it: at a fixed 0.01
+    those losses reshape the start's geometry and lose its ranking (see TrainConfig.tau)."""
     if encoder not in PRESETS:
         raise ValueError(f"unknown encoder config {encoder!r}; choose one of {', '.join(PRESETS)}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    return TrainConfig(encoder=encoder, **{**PRESETS[encoder], **given})
+    preset = dict(PRESETS[encoder])
+    if (
+        preset.get("loss") == "expected"
+        and given.get("loss", "expected") != "expected"
+        and "tau" not in given
+    ):
+        preset["tau"] = None
+    return TrainConfig(encoder=encoder, **{**preset, **given})
 
 
 @dataclass
@@ -284,7 +296,9 @@ def choose_start(
                 enc,
                 history=int(length),
                 history_shrink=float(shrink),
-                recent=enc.recent if enc.recent < length else 0,  # a block as long as the history adds nothing
+                recent=enc.recent
+                if enc.recent < length
+                else 0,  # a block as long as the history adds nothing
             )
             score = probe.score(lambda t, a, v=view, c=candidate: classical_scores(v, t, a, c))
             scores[classical_start(candidate)] = score
@@ -574,9 +588,9 @@ def train(
                 for target in targets:
                     zs = z[lo : lo + len(target)]
                     scores = similarity(zs, unit_norm, query_prior)
-                    loss = loss + loss_fn(scores, target, tau, config.tau_target, similarity_given=True) / len(
-                        targets
-                    )
+                    loss = loss + loss_fn(
+                        scores, target, tau, config.tau_target, similarity_given=True
+                    ) / len(targets)
                     lo += len(target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -34,8 +34,9 @@ class Peer(BaseModel):
     industry: str
     exchange: str
     score: float = Field(
-        description="Similarity of the FASCL embeddings, in [-1, 1]: their inner product, a shrunk correlation "
-        "estimate for the default model (cosine similarity for a model without a history path)"
+        description="Similarity of the FASCL embeddings: their inner product, for the default model a shrunk "
+        "correlation estimate plus the peer's learned prior, about [-1.3, 1.3] (cosine similarity in [-1, 1] "
+        "for a model without a history path)"
     )
     realized_correlation: float | None = Field(
         None,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.ann import as_queries
 from model.metrics import top_k_peers
 from model.targets import HORIZON, future_returns
 from service.pearson import WINDOW_RETURNS, trailing_returns, unit_rows
@@ -86,7 +87,8 @@ def _date_record(snapshot: Snapshot, date: dt.date) -> DateRecord | None:
     future_corr = future_units[queries] @ future_units.T  # (queries, candidates)
     past_units = unit_rows(past)
     scores = {
-        "model": embeddings[queries] @ embeddings.T,
+        # a model with a candidate prior: the query reads its coordinate as 1 (index.ann.as_queries)
+        "model": as_queries(embeddings[queries], snapshot.reader.index_version.query_prior) @ embeddings.T,
         "pearson": past_units[queries] @ past_units.T,
         "random": rng.random((len(queries), n)),
     }

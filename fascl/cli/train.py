@@ -57,7 +57,9 @@ def train(
     ] = None,
     train_days: Annotated[
         int | None,
-        typer.Option(min=1, help="Train on the last N trading days of the training split (default: the preset's)"),
+        typer.Option(
+            min=1, help="Train on the last N trading days of the training split (default: the preset's)"
+        ),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Assets per step (one date's cross-section)")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,

@@ -277,6 +277,7 @@ def test_the_prior_is_an_additive_score_of_the_candidate():
     torch.testing.assert_close(as_queries(v, True)[:, -1], torch.ones(12))
     assert torch.equal(as_queries(v, False), v)
 
+
 def test_history_path_needs_its_inputs():
     model = _model("tiny", history=48)
     with pytest.raises(ValueError, match="history path"):

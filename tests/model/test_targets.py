@@ -221,6 +221,9 @@ def test_history_inputs_ignore_every_bar_after_the_query_date(panel, poison):
     model = PatchTransformer(encoder_config("tiny", history=length)).eval()
     with torch.no_grad():
         model.join.weight.normal_(0, 0.1)  # the Transformer's part counts too
+        model.prior_join.weight.normal_(0, 0.1)  # and the candidate prior with the recent block
+        model.history.prior_weight.fill_(0.2)
+        model.history.recent_gain.fill_(0.3)
     for d in (t, t - 1, 150):
         for got, want in zip(dirty.model_inputs(d, assets), clean.model_inputs(d, assets), strict=True):
             assert torch.equal(got, want)

@@ -323,3 +323,63 @@ def test_the_start_is_chosen_on_validation(panel, tmp_path):
     # the same choice again on resume: the configuration matches and training continues
     again = _run(panel, tmp_path, dataclasses.replace(config, epochs=2), resume=True)
     assert again.epochs_run == 1
+
+
+def test_train_days_trains_on_the_end_of_the_training_split_only(panel, tmp_path, monkeypatch):
+    """`train_days`: every training step draws its date from the last N days of the training split."""
+    import model.train as trainer
+
+    drawn: list[int] = []
+    real = trainer.training_target
+
+    def spy(cube, t, assets, loss):
+        drawn.append(int(t))
+        return real(cube, t, assets, loss)
+
+    monkeypatch.setattr(trainer, "training_target", spy)
+    config = dataclasses.replace(BASE, epochs=1, steps_per_epoch=12, train_days=30)
+    _run(panel, tmp_path, config)
+    last = int(default_splits(panel.dates).positions(panel.dates)["train"][-1])
+    assert len(drawn) == 12 and all(last - 30 < t <= last for t in drawn)
+    assert len(set(drawn)) > 1
+
+
+def test_the_prior_and_the_recent_block_learn_from_their_zero_start(panel, tmp_path):
+    """The two scalars that start at zero (the recent block's gain and the prior's weight) move under
+    the expected-correlation loss, and their group has its own learning rate."""
+    config = dataclasses.replace(
+        BASE, epochs=1, steps_per_epoch=5, loss="expected", tau=0.01, prior_lr_scale=10.0
+    )
+    _run(panel, tmp_path, config)
+    state = read_checkpoint(tmp_path / "last.pt")["model_state"]
+    assert state["history.prior_weight"].abs().item() > 1e-3
+    assert state["history.recent_gain"].abs().item() > 1e-3
+    assert state["prior_join.weight"].abs().sum().item() > 0
+    record = _log(tmp_path)[-1]
+    assert record["prior_weight"] == pytest.approx(state["history.prior_weight"].item())
+
+
+def test_parameter_groups_give_the_zero_started_scalars_their_own_rate():
+    from model.train import parameter_groups
+
+    model = PatchTransformer(encoder_config("tiny", history=32))
+    groups = parameter_groups(model, 0.05, history_lr_scale=0.1, prior_lr_scale=10.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_scale = {
+        g.get("lr_scale", 1.0): {names[id(p)] for p in g["params"]} for g in groups if g.get("lr_scale")
+    }
+    assert by_scale[10.0] == {"history.recent_gain", "history.prior_weight"}
+    assert "history.bound" in by_scale[0.1] and "history.recent_gain" not in by_scale[0.1]
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert "prior_join.weight" not in decayed and "join.weight" not in decayed
+    assert all(sum(id(p) in {id(q) for q in g["params"]} for g in groups) == 1 for p in model.parameters())
+
+
+def test_the_small_preset_trains_with_the_expected_correlation_loss_and_calibrates_the_kl_losses():
+    from model.train import preset_config
+
+    small = preset_config("small")
+    assert (small.loss, small.tau, small.train_days) == ("expected", 0.01, 252)
+    assert preset_config("small", loss="soft").tau is None  # calibrated at step 0, then learned
+    assert preset_config("small", loss="soft", tau=0.05).tau == 0.05
+    assert preset_config("paper").loss == "soft" and preset_config("paper").tau == 0.01
