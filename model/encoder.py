@@ -166,7 +166,7 @@ class PatchTransformer(nn.Module):
         """x: (batch, channels, window) -> (batch, dim) embeddings; with the history path also
         history (batch, config.history) return z-scores and market (config.history,) or (batch, ...)
         the cross-section's market direction (model.features.FeatureCube.model_inputs)."""
-        if self.history is not None and not torch.is_grad_enabled() and not self._transformer_counts():
+        if self.history is not None and not torch.is_grad_enabled() and not self.transformer_counts():
             # The join is still zero (training kept the classical start, or has not begun): the
             # Transformer's output cannot reach the embedding, so inference skips it, exactly (its
             # inputs are finite). Training always runs it: the join's gradient needs its output.
@@ -183,7 +183,7 @@ class PatchTransformer(nn.Module):
             return embedding
         return self._history_embedding(history, market, embedding)
 
-    def _transformer_counts(self) -> bool:
+    def transformer_counts(self) -> bool:
         """Whether the Transformer's output reaches the embedding: its join or prior join is nonzero."""
         return bool(self.join.weight.any()) or (
             self.prior_join is not None and bool(self.prior_join.weight.any())

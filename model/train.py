@@ -332,6 +332,34 @@ def parameter_groups(
     return groups
 
 
+@torch.no_grad()
+def drop_an_idle_transformer(
+    file: Path, enc: EncoderConfig, validator: Validator, device, bf16: bool
+) -> dict | None:
+    """Score the checkpoint at `file` again with the Transformer's joins set to zero (the history path
+    alone); where that is not worse on validation FRC@1, rewrite the checkpoint without them. A part
+    that adds nothing measurable on the validation year is not worth its cost: with zero joins,
+    inference skips the Transformer (PatchTransformer.forward), several times faster to export.
+    None where the joins are zero already; otherwise {"with", "without", "dropped"}."""
+    state = read_checkpoint(file)
+    model = PatchTransformer(enc).to(device)
+    model.load_state_dict(state["model_state"])
+    if not model.transformer_counts():
+        return None
+    model.join.weight.zero_()
+    if model.prior_join is not None:
+        model.prior_join.weight.zero_()
+    with_it = float(state["best_valid_frc"])
+    without = validator.frc_at_1(model, device, bf16)
+    dropped = without >= with_it
+    if dropped:
+        state["model_state"] = model.state_dict()
+        state["best_valid_frc"] = without
+        state["transformer_dropped"] = {"with": with_it, "without": without}
+        save_checkpoint(state, file)
+    return {"with": with_it, "without": without, "dropped": dropped}
+
+
 def training_target(cube: FeatureCube, t: int, assets: np.ndarray, loss: str) -> torch.Tensor:
     """The loss's target correlations on a date: future returns (FASCL), or the window's past returns
     for the paper's "observation-aligned targets" ablation (loss "observed")."""
@@ -661,6 +689,17 @@ def train(
                 break
     if log is not None:
         log.close()
+    dropped = None
+    if main and enc_config.history:
+        dropped = drop_an_idle_transformer(out_dir / "best.pt", enc_config, validator, device, use_bf16)
+        if dropped is not None:
+            with_it, without = dropped["with"], dropped["without"]
+            if dropped["dropped"]:
+                best = without
+            console.print(
+                f"the Transformer's part of best.pt: validation FRC@1 {with_it:.4f} with it, {without:.4f} without"
+                + ("; best.pt serves without it (and exports skip it)" if dropped["dropped"] else "")
+            )
     elapsed = time.perf_counter() - started
     result = TrainResult(
         out_dir=out_dir,
@@ -679,6 +718,7 @@ def train(
         summary["gain_over_start"] = best - start_frc
         summary["classical_start"] = classical_start(enc_config)
         summary["start_choices"] = start_choices
+        summary["transformer"] = dropped
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if distributed:
         dist.destroy_process_group()

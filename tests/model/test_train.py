@@ -383,3 +383,35 @@ def test_the_small_preset_trains_with_the_expected_correlation_loss_and_calibrat
     assert preset_config("small", loss="soft").tau is None  # calibrated at step 0, then learned
     assert preset_config("small", loss="soft", tau=0.05).tau == 0.05
     assert preset_config("paper").loss == "soft" and preset_config("paper").tau == 0.01
+
+
+@pytest.mark.parametrize("recorded, dropped", [(-1.0, True), (2.0, False)])
+def test_a_transformer_that_adds_nothing_on_validation_is_dropped(run, panel, tmp_path, recorded, dropped):
+    """best.pt is scored again with the Transformer's joins at zero: where that is not worse than the
+    validation FRC@1 it was kept for, best.pt is rewritten without them; otherwise it stays as it is."""
+    from model.checkpoint import save_checkpoint
+    from model.train import drop_an_idle_transformer
+
+    out, _ = run
+    state = read_checkpoint(out / "last.pt")
+    enc = encoder_config("tiny", **{k: v for k, v in state["encoder_config"].items() if k != "in_channels"})
+    with torch.no_grad():
+        state["model_state"]["join.weight"].normal_(0, 0.1)
+        state["model_state"]["prior_join.weight"].normal_(0, 0.1)
+    state["best_valid_frc"] = recorded
+    file = tmp_path / "best.pt"
+    save_checkpoint(state, file)
+    cube = build_cube(panel, "ohlcva", history=enc.history)
+    pool = cube.eligible & future_complete(cube.close)
+    positions = default_splits(panel.dates).positions(panel.dates)["valid"]
+    validator = Validator(cube, positions, BASE, pool)
+    got = drop_an_idle_transformer(file, enc, validator, torch.device("cpu"), False)
+    assert got["dropped"] == dropped and got["with"] == recorded
+    kept = read_checkpoint(file)
+    assert kept["model_state"]["join.weight"].any() != dropped
+    assert kept["model_state"]["prior_join.weight"].any() != dropped
+    if dropped:
+        assert kept["best_valid_frc"] == got["without"] and kept["transformer_dropped"]["with"] == recorded
+        assert drop_an_idle_transformer(file, enc, validator, torch.device("cpu"), False) is None
+    else:
+        assert kept["best_valid_frc"] == recorded
