@@ -167,9 +167,10 @@ class PatchTransformer(nn.Module):
         history (batch, config.history) return z-scores and market (config.history,) or (batch, ...)
         the cross-section's market direction (model.features.FeatureCube.model_inputs)."""
         if self.history is not None and not torch.is_grad_enabled() and not self.transformer_counts():
-            # The join is still zero (training kept the classical start, or has not begun): the
-            # Transformer's output cannot reach the embedding, so inference skips it, exactly (its
-            # inputs are finite). Training always runs it: the join's gradient needs its output.
+            # The joins are still zero (training kept the classical start, or has not begun, or the
+            # Transformer added nothing on validation and was dropped): its output cannot reach the
+            # embedding, so inference skips it, exactly (its inputs are finite). Training always
+            # runs it: the joins' gradients need its output.
             return self._history_embedding(history, market, None)
         tokens = self.embed_norm(self.patch_embed(x).transpose(1, 2))
         if self.cls is not None:

@@ -103,6 +103,8 @@ class EvalResult:
     pnl: np.ndarray  # (M, nK, n_days) daily P&L averaged over the queries trading that day
     turnover: np.ndarray  # (M, nK, n_days)
     mean_future_corr: np.ndarray  # (n_dates,) mean pairwise future correlation (Random's expectation)
+    # learned method -> the classical retriever it started from, where that one was evaluated too
+    starts: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # scoring + metric time per method
     score_seconds: dict[str, float] = field(default_factory=dict)  # the retriever's scores() alone
     example: dict = field(default_factory=dict)
@@ -233,6 +235,9 @@ def evaluate(
         mean_future_corr=mean_corr,
         seconds=seconds,
         score_seconds=score_seconds,
+        starts={
+            r.name: r.start for r in retrievers if getattr(r, "start", None) in names and r.start != r.name
+        },
     )
     result.example = _worked_example(ctx, result, example, retrievers, example_method)
     return result
@@ -305,7 +310,8 @@ def best_classical(result: EvalResult) -> str | None:
 def summarize(result: EvalResult, bootstrap: int | None = None, seed: int | None = None) -> dict:
     """Everything metrics.json holds: per method, FRC@K (mean over queries and per date) with 95%
     intervals, the paired differences to Pearson and to the best classical retriever (with their
-    per-date values and the number of dates on which they are positive), the share of the
+    per-date values and the number of dates on which they are positive), for a learned model also to
+    the classical retriever it started from (what training added, "frc_minus_start"), the share of the
     Random-to-Oracle gap closed, and TC@K, IC@K, SP@K, Precision@1, tracking error and the spread
     backtest.
 
@@ -331,11 +337,12 @@ def summarize(result: EvalResult, bootstrap: int | None = None, seed: int | None
     # gap closed) the method's and the oracle's excess over random on the method's queries.
     rows, keys = [], []
     for mi, name in enumerate(names):
+        start = [(result.starts[name], "frc_minus_start")] if name in result.starts else []
         for ki in range(len(ks)):
             x = result.frc[mi, ki]
             rows.append(x)
             keys.append((name, ki, "frc"))
-            for ref, key in refs:
+            for ref, key in refs + start:
                 rows.append(x - result.frc[names.index(ref), ki])
                 keys.append((name, ki, key))
             if rnd is not None and ora is not None:
@@ -394,6 +401,9 @@ def summarize(result: EvalResult, bootstrap: int | None = None, seed: int | None
         }
         for _, key in refs:
             entry[key] = {str(k): diff(name, ki, key) for ki, k in enumerate(ks)}
+        if name in result.starts:
+            entry["start"] = result.starts[name]
+            entry["frc_minus_start"] = {str(k): diff(name, ki, "frc_minus_start") for ki, k in enumerate(ks)}
         if rnd is not None and ora is not None:
             entry["gap_closed"] = {str(k): gap(name, ki) for ki, k in enumerate(ks)}
         entry["tc_pct"] = {

@@ -81,7 +81,7 @@ def frc_rows(summary: dict, fmt: str = ".4f") -> list[list[str]]:
     return rows
 
 
-def _diff_cell(stat: dict | None, fmt=".4f") -> str:
+def diff_cell(stat: dict | None, fmt=".4f") -> str:
     """A paired difference with its interval and the dates on which it is positive, e.g. "10/12 dates"."""
     if not stat or stat.get("mean") is None:
         return "–"
@@ -92,8 +92,7 @@ def difference_rows(summary: dict, key: str, fmt: str = ".4f") -> list[list[str]
     """Per method, the paired difference `key` (frc_minus_pearson, frc_minus_best_classical) at every K."""
     ks = [str(k) for k in summary["config"]["ks"]]
     return [
-        [name] + [_diff_cell(e.get(key, {}).get(k), fmt) for k in ks]
-        for name, e in summary["methods"].items()
+        [name] + [diff_cell(e.get(key, {}).get(k), fmt) for k in ks] for name, e in summary["methods"].items()
     ]
 
 
@@ -165,6 +164,21 @@ def render_markdown(summary: dict, info: dict) -> str:
                 difference_rows(summary, "frc_minus_best_classical"),
             )
         )
+        out.append("")
+    learned = {name: e for name, e in methods.items() if "frc_minus_start" in e}
+    if learned:
+        out += ["## What training added", ""]
+        out.append(
+            "Each learned model against the classical retriever its history path reproduces at step 0, on the "
+            "same queries: paired differences with date-block 95% intervals and the dates on which they are "
+            "positive."
+        )
+        out.append("")
+        rows = [
+            [name, f"`{e['start']}`"] + [diff_cell(e["frc_minus_start"].get(k)) for k in ks]
+            for name, e in learned.items()
+        ]
+        out.append(_table(["method", "start"] + [f"FRC@{k} − start" for k in ks], rows))
         out.append("")
     if any("frc_minus_pearson" in e for e in methods.values()):
         out += ["## Difference to Pearson (the paper's baseline)", ""]

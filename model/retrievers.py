@@ -362,6 +362,16 @@ class DTWRetriever:
 
 
 # ----------------------------------------------------------------------- FASCL
+def classical_start(enc) -> str:
+    """The name of the classical retriever an encoder (an EncoderConfig) starts from, as named here:
+    what its history path reproduces before training (plain Pearson for the paper's encoder)."""
+    if not enc.history:
+        return "pearson"
+    if enc.history_shrink > 0:
+        return f"shrink_market{enc.history}"
+    return "pearson_w" if enc.history == 64 else f"pearson_w{enc.history}"
+
+
 @dataclass
 class FasclRetriever:
     """Similarity of a trained FASCL encoder's embeddings (cosine, or the inner product of an encoder
@@ -391,6 +401,11 @@ class FasclRetriever:
     def history(self) -> int:
         """Days of past closes the encoder reads (its window, or its long history)."""
         return max(self.model.config.window, self.model.config.history + 1)
+
+    @property
+    def start(self) -> str | None:
+        """The classical retriever an encoder with a history path starts from (None without one)."""
+        return classical_start(self.model.config) if self.model.config.history else None
 
     def _cube(self, ctx: EvalContext) -> FeatureCube:
         # One cube per context: its history inputs and per-date market directions are reused.

@@ -40,6 +40,7 @@ from model.features import (
 from model.history import history_zscores, shrink_to_market, winsorized_rows
 from model.loss import LOSSES, TAU, TAU_TARGET, similarity
 from model.metrics import frc_at_k
+from model.retrievers import classical_start
 from model.splits import Splits, default_splits
 from model.targets import HORIZON, future_complete, future_returns, pearson_matrix
 
@@ -183,15 +184,6 @@ def lr_factor(progress: float, warmup: float, floor: float) -> float:
         return max(progress / warmup, 1e-3)
     rest = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * rest))
-
-
-def classical_start(enc: EncoderConfig) -> str:
-    """The name of the classical retriever an encoder starts from (as model/retrievers.py names them)."""
-    if not enc.history:
-        return "pearson"
-    if enc.history_shrink > 0:
-        return f"shrink_market{enc.history}"
-    return "pearson_w" if enc.history == 64 else f"pearson_w{enc.history}"
 
 
 def classical_scores(cube: FeatureCube, t: int, assets: np.ndarray, enc: EncoderConfig) -> np.ndarray:

@@ -73,7 +73,7 @@ def evaluate(
 
     from fascl.jobs.errors import EvaluationRefused
     from fascl.jobs.evaluation import plan_evaluation, run_evaluation
-    from model.report import difference_rows, frc_rows
+    from model.report import diff_cell, difference_rows, frc_rows
 
     started = time.perf_counter()
     path, panel = load_panel_or_exit(data, console)
@@ -142,6 +142,16 @@ def evaluate(
         for row in difference_rows(summary, key, ".3f"):
             diffs.add_row(*row)
         console.print(diffs)
+    learned = {name: e for name, e in summary["methods"].items() if "frc_minus_start" in e}
+    if learned:
+        added = Table(
+            title="What training added: FRC@K − the model's classical start, paired, date-block 95% CI"
+        )
+        for column in ["method", "start"] + [f"@{k}" for k in ks]:
+            added.add_column(column)
+        for name, e in learned.items():
+            added.add_row(name, e["start"], *[diff_cell(e["frc_minus_start"][k], ".3f") for k in ks])
+        console.print(added)
     if best:
         console.print(f"best classical retriever (FRC@{ks[0]}): {best}")
     for note in outcome.notes:

@@ -327,3 +327,43 @@ def test_summary_names_the_best_classical_and_its_date_level_evidence(full_run):
     assert summary["methods"]["pearson"]["frc_per_date"]["5"][0] == pytest.approx(
         result.frc[mi, 1, first].mean()
     )
+
+
+def test_what_training_added_is_the_paired_difference_to_the_models_start(market):
+    """A learned model is compared with the classical retriever it starts from: an untrained one
+    (its learned parts still at zero) adds exactly nothing, one whose prior has moved does not."""
+    from model.encoder import PatchTransformer, encoder_config
+    from model.report import render_markdown
+    from model.retrievers import FasclRetriever, MarketShrinkRetriever
+
+    panel = market.panel
+    positions = query_positions(panel.dates, panel.dates[300])[:: CFG.stride]
+    ctx, local = prepare_context(panel, positions, CFG)
+    torch.manual_seed(0)
+    untrained = PatchTransformer(encoder_config("tiny", history=126)).eval()
+    moved = PatchTransformer(encoder_config("tiny", history=126)).eval()
+    with torch.no_grad():
+        moved.history.prior_weight.fill_(0.5)
+    start = MarketShrinkRetriever(name="shrink_market126", length=126)
+    retrievers = [
+        make_baseline("pearson"),
+        start,
+        FasclRetriever(name="untrained", model=untrained, meta={}, channels="ohlcva"),
+        FasclRetriever(name="moved", model=moved, meta={}, channels="ohlcva"),
+    ]
+    result = evaluate(ctx, retrievers, local, CFG)
+    assert result.starts == {"untrained": "shrink_market126", "moved": "shrink_market126"}
+    summary = summarize(result)
+    methods = summary["methods"]
+    assert (
+        "frc_minus_start" not in methods["pearson"] and "frc_minus_start" not in methods["shrink_market126"]
+    )
+    zero = methods["untrained"]["frc_minus_start"]["1"]
+    assert abs(zero["mean"]) < 1e-12 and zero["dates_positive"] == 0
+    moved_diff = methods["moved"]["frc_minus_start"]["1"]
+    assert moved_diff["mean"] == pytest.approx(
+        methods["moved"]["frc"]["1"]["mean"] - methods["shrink_market126"]["frc"]["1"]["mean"]
+    )
+    assert moved_diff["mean"] != 0 and moved_diff["lo"] <= moved_diff["mean"] <= moved_diff["hi"]
+    report = render_markdown(summary, {"data": "synthetic"})
+    assert "## What training added" in report and "| moved | `shrink_market126` |" in report
