@@ -284,14 +284,9 @@ def choose_start(
     for length in config.history_choices:
         view = probe.cube.with_history(length)
         for shrink in config.shrink_choices:
-            candidate = replace(
-                enc,
-                history=int(length),
-                history_shrink=float(shrink),
-                recent=enc.recent
-                if enc.recent < length
-                else 0,  # a block as long as the history adds nothing
-            )
+            # a recent block as long as the history would only repeat it
+            recent = enc.recent if enc.recent < length else 0
+            candidate = replace(enc, history=int(length), history_shrink=float(shrink), recent=recent)
             score = probe.score(lambda t, a, v=view, c=candidate: classical_scores(v, t, a, c))
             scores[classical_start(candidate)] = score
             if best is None or score > best[0]:
