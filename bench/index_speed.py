@@ -317,6 +317,10 @@ def main() -> None:
     )
     parser.add_argument("--ann-version", help="Take the HNSW/IVF vectors from this version (under --home)")
     args = parser.parse_args()
+    if args.threads is None:
+        from fascl.settings import get_settings
+
+        args.threads = get_settings().omp_threads
     threads = ann.set_threads(args.threads)
     d = dim_of(args.model)
     console.print(
