@@ -31,12 +31,17 @@ def deployment(tmp_path_factory):
 
 
 def brute_force(deployment, version, date, ticker, k):
-    """Top-k by numpy over the stored vectors: what the service must return."""
+    """Top-k by numpy over the stored vectors: what the service must return. The model's last
+    coordinate is its candidate prior, which a query reads as 1 (score e_i . e_j + p_j)."""
     vectors = np.load(deployment.home / "indexes" / version / "vectors" / f"{date}.npy")
     ids = np.load(deployment.home / "indexes" / version / "ids" / f"{date}.npy")
-    tickers = IndexStore(deployment.home / "indexes").open_version(version).assets()["ticker"].tolist()
+    opened = IndexStore(deployment.home / "indexes").open_version(version)
+    tickers = opened.assets()["ticker"].tolist()
     q = ids.tolist().index(tickers.index(ticker))
-    scores = vectors @ vectors[q]
+    query = vectors[q].copy()
+    assert opened.manifest["model"]["query_prior"]
+    query[-1] = 1.0
+    scores = vectors @ query
     order = [i for i in np.argsort(-scores, kind="stable") if i != q][:k]
     return [tickers[ids[i]] for i in order], scores[order]
 

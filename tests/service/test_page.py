@@ -4,6 +4,7 @@ record, the filter values, and every refusal in the one error shape."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -203,6 +204,7 @@ def test_track_record_equals_frc_at_k_recomputed_with_numpy(client, panel, deplo
     k = 3
     record = client.get("/track-record", params={"k": k}).json()
     root = deployment.home / "indexes" / deployment.versions[0]
+    assert json.loads((root / "manifest.json").read_text())["model"]["query_prior"]
     tickers = index_tickers(deployment)
     indexed = client.get("/dates").json()["dates"]
     known = [d for d in indexed if panel.date_position(d) + 64 < len(panel.dates)]
@@ -216,7 +218,9 @@ def test_track_record_equals_frc_at_k_recomputed_with_numpy(client, panel, deplo
         past, future = returns[:64], returns[64:]
         keep = np.isfinite(past).all(axis=0) & np.isfinite(future).all(axis=0)
         realised = np.corrcoef(future[:, keep].T)
-        scores = {"model": vectors[keep] @ vectors[keep].T, "pearson": np.corrcoef(past[:, keep].T)}
+        queries = vectors[keep].copy()
+        queries[:, -1] = 1.0  # the model's candidate prior, which a query reads as 1
+        scores = {"model": queries @ vectors[keep].T, "pearson": np.corrcoef(past[:, keep].T)}
         for method, s in scores.items():
             for q in range(int(keep.sum())):
                 peers = [j for j in np.argsort(-s[q], kind="stable") if j != q][:k]
