@@ -200,7 +200,8 @@ class PatchTransformer(nn.Module):
             e, beta = self.history(history.float(), market.float())
             if embedding is not None:
                 e = e + self.join(embedding.float())
-            # Scores are inner products; keeping vectors in the unit ball keeps them in [-1, 1].
+            # Scores are inner products; keeping the history part in the unit ball keeps its share of
+            # them in [-1, 1]. The prior's coordinate is a score of its own, appended after.
             e = e / e.norm(dim=-1, keepdim=True).clamp_min(1.0)
             if self.prior_join is None:
                 return e
