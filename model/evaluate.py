@@ -301,8 +301,10 @@ def _median(x) -> float:
 
 
 def best_classical(result: EvalResult) -> str | None:
-    """The classical retriever (model.retrievers.CLASSICAL) with the highest mean FRC at the smallest K."""
-    scored = {n: _mean(result.frc[mi, 0]) for mi, n in enumerate(result.methods) if n in CLASSICAL}
+    """The classical retriever (model.retrievers.CLASSICAL, or a learned model's classical start) with the
+    highest mean FRC at the smallest K."""
+    classical = set(CLASSICAL) | set(result.starts.values())
+    scored = {n: _mean(result.frc[mi, 0]) for mi, n in enumerate(result.methods) if n in classical}
     scored = {n: v for n, v in scored.items() if np.isfinite(v)}
     return max(scored, key=scored.get) if scored else None
 

@@ -461,6 +461,20 @@ BASELINES: dict = {
 CLASSICAL: tuple[str, ...] = tuple(n for n in BASELINES if n not in ("random", "oracle"))
 
 
+def start_retriever(enc) -> Retriever:
+    """The classical retriever an encoder (an EncoderConfig) starts from, named `classical_start(enc)`:
+    the registered baseline of that name where the settings agree, otherwise one built with the
+    encoder's own history length, bound and shrinkage (shrink_market126 for a 126-day start, say)."""
+    name = classical_start(enc)
+    if not enc.history:
+        return PearsonRetriever()
+    if enc.history_shrink > 0:
+        return MarketShrinkRetriever(
+            name=name, length=enc.history, bound=enc.history_bound, shrink=enc.history_shrink
+        )
+    return WinsorizedPearsonRetriever(name=name, length=enc.history, bound=enc.history_bound)
+
+
 def make_baseline(name: str, **options) -> Retriever:
     try:
         factory = BASELINES[name]

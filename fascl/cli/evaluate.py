@@ -96,6 +96,10 @@ def evaluate(
         console.print(
             f"adding {', '.join(plan.added)}: the gap closed and the differences to Pearson need them"
         )
+    if plan.starts:
+        console.print(
+            f"adding {', '.join(plan.starts)}: what training added is measured against the models' start"
+        )
     out = out or get_settings().home / "reports" / path.name
     positions = plan.positions
     if len(positions):

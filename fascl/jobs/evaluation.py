@@ -18,7 +18,7 @@ from model.checkpoint import CheckpointError
 from model.evaluate import EvalConfig, history_needed, prepare_context, query_positions, summarize
 from model.evaluate import evaluate as score_methods
 from model.report import write_report
-from model.retrievers import BASELINES, DTWRetriever, FasclRetriever, make_baseline
+from model.retrievers import BASELINES, DTWRetriever, FasclRetriever, make_baseline, start_retriever
 from model.splits import default_splits
 
 DEFAULT_METHODS = (
@@ -31,7 +31,8 @@ REQUIRED = ("random", "pearson", "oracle")  # the report's gap closed and differ
 @dataclass
 class EvaluationPlan:
     """What will be scored: the retrievers, the query positions and the period, with the notes the
-    report carries. `added` names the required baselines that were not asked for."""
+    report carries. `added` names the required baselines that were not asked for, `starts` the models'
+    classical starts that were not (what training added is measured against them)."""
 
     panel: Panel
     retrievers: list
@@ -42,6 +43,7 @@ class EvaluationPlan:
     test_end: str | None
     added: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    starts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,9 +118,15 @@ def plan_evaluation(
     retrievers = [
         make_baseline(n, **({"max_queries": dtw_queries or None} if n == "dtw" else {})) for n in names
     ]
+    # What training added is measured against each model's classical start: evaluate it too.
+    starts = []
+    for model in loaded:
+        if model.start is not None and model.start not in [r.name for r in retrievers]:
+            retrievers.append(start_retriever(model.model.config))
+            starts.append(model.start)
     retrievers += loaded + [make_baseline("oracle")]
     return EvaluationPlan(
-        panel, retrievers, loaded, positions, config, str(test_start), test_end, added, notes
+        panel, retrievers, loaded, positions, config, str(test_start), test_end, added, notes, starts
     )
 
 

@@ -73,14 +73,16 @@ def test_cli_evaluate_writes_metrics_report_and_figures(tiny_model, monkeypatch)
         "pca",
         "window",
         "dtw",
+        "shrink_market32",  # the tiny model's classical start, added once for both labels
         "fascl",
         "again",
         "oracle",
     ]
     assert metrics["config"]["stride"] == 16 and len(metrics["dates"]) >= 10
     best = metrics["best_classical"]
-    assert best in CLASSICAL and best in methods
+    assert (best in CLASSICAL or best == "shrink_market32") and best in methods
     assert "frc_minus_best_classical" in methods["fascl"] and "frc_minus_pearson" in methods["fascl"]
+    assert methods["fascl"]["start"] == "shrink_market32" and "1" in methods["fascl"]["frc_minus_start"]
     assert methods["fascl"]["frc"] == methods["again"]["frc"]  # the same checkpoint twice
     splits = json.loads((tiny_model / "model" / "config.json").read_text())["splits"]
     assert metrics["info"]["test_start"] == splits["test_start"]  # the test split of the checkpoint
@@ -92,6 +94,7 @@ def test_cli_evaluate_writes_metrics_report_and_figures(tiny_model, monkeypatch)
     for text in (
         "| fascl |",
         "| again |",
+        "## What training added",
         "| oracle |",
         "FRC@1",
         "SP@",

@@ -46,3 +46,20 @@ def test_labels_must_be_unique_and_must_not_shadow_a_baseline(sample):
         parse_model_specs([f"a={sample.checkpoint}", f"a={sample.checkpoint}"])
     with pytest.raises(EvaluationRefused, match="clash with baseline names"):
         plan_evaluation(sample.panel, methods="pearson", models=[f"pearson={sample.checkpoint}"])
+
+
+def test_a_models_classical_start_is_evaluated_beside_it(sample):
+    """What training added needs the model's start on the same queries: it is added when not asked for
+    (built with the encoder's own history length and shrinkage), and counts as a classical retriever."""
+    from model.evaluate import best_classical, evaluate
+    from model.retrievers import EvalContext
+
+    plan = plan_evaluation(sample.panel, methods="pearson", models=[str(sample.checkpoint)], bootstrap=0)
+    model = plan.models[0]
+    assert model.start == "shrink_market32" and plan.starts == [model.start]  # not a registered baseline
+    start = next(r for r in plan.retrievers if r.name == model.start)
+    assert (start.length, start.shrink) == (32, model.model.config.history_shrink)
+    assert [r.name for r in plan.retrievers][-2:] == ["fascl", "oracle"]
+    result = evaluate(EvalContext(sample.panel), plan.retrievers, plan.positions[:2], plan.config)
+    assert result.starts == {"fascl": model.start}
+    assert best_classical(result) in ("pearson", model.start)  # the start counts as classical
