@@ -57,6 +57,17 @@ def error_response(status: int, code: str, message: str, detail: Any = None, hea
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+def prices_unavailable(index_version: str) -> APIError:
+    """The answer of a route that needs the served index's market data when the service cannot read it
+    (a deployment without the data directory the manifest names)."""
+    return APIError(
+        404,
+        "prices_unavailable",
+        "no prices are loaded for the served index: its market data cannot be read by the service",
+        {"index_version": index_version},
+    )
+
+
 def to_api_error(exc: QueryError) -> APIError:
     """The API error of an index query error: its status, code and a detail a client can act on."""
     if isinstance(exc, UnknownTicker):

@@ -13,7 +13,7 @@ import numpy as np
 
 from index.errors import NoDataOnDate, QueryError
 from model.metrics import top_k_peers
-from service.errors import APIError, to_api_error
+from service.errors import prices_unavailable, to_api_error
 from service.params import PeerQuery
 from service.registry import Snapshot
 from service.similar import _payload
@@ -89,12 +89,7 @@ def pearson_answer(snapshot: Snapshot, query: PeerQuery) -> dict:
         raise to_api_error(exc) from None
     aid, as_of = probe.asset_id, probe.as_of
     if snapshot.close is None or as_of not in snapshot.close_position:
-        raise APIError(
-            404,
-            "prices_unavailable",
-            "no prices are loaded for the served index: its market data cannot be read by the service",
-            {"index_version": snapshot.index_version},
-        )
+        raise prices_unavailable(snapshot.index_version)
     candidates = present_ids(snapshot, as_of)
     candidates = candidates[_allowed(snapshot, query, aid)[candidates] & (candidates != aid)]
     universe = np.concatenate([[aid], candidates])

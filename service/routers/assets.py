@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from index.errors import UnknownTicker
 from service.deps import SnapshotDep
-from service.errors import APIError, to_api_error
+from service.errors import APIError, prices_unavailable, to_api_error
 from service.params import parse_date, parse_ticker
 from service.registry import Snapshot
 from service.routing import ERRORS, json_response
@@ -152,12 +152,7 @@ def prices(
     if snap.close is None:
         # The index's market data is not where its manifest says (a deployment without the data
         # directory): nothing to answer from until the service can read it.
-        raise APIError(
-            404,
-            "prices_unavailable",
-            "no prices are loaded for the served index: its market data cannot be read by the service",
-            {"index_version": snap.index_version},
-        )
+        raise prices_unavailable(snap.index_version)
     dates = snap.close_dates
     if last is None:
         last = snap.newest_date

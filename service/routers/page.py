@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from service.deps import SnapshotDep, current_snapshot
-from service.errors import APIError, excerpt
+from service.errors import APIError, excerpt, prices_unavailable
 from service.params import SIMILAR_PARAMETERS, parse_similar_query, parse_ticker
 from service.pearson import pearson_answer
 from service.routing import ERRORS, json_response
@@ -96,12 +96,7 @@ def track(snap: SnapshotDep, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> R
     described in the answer). Ranked once per index version, for every k at once: the first
     request waits."""
     if snap.close is None:
-        raise APIError(
-            404,
-            "prices_unavailable",
-            "no prices are loaded for the served index: its market data cannot be read by the service",
-            {"index_version": snap.index_version},
-        )
+        raise prices_unavailable(snap.index_version)
     return json_response(track_record(snap, k))
 
 
